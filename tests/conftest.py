@@ -19,7 +19,9 @@ if str(ROOT) not in sys.path:
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"needs {path} (the shared research data and reference checkpoints beside the repository)")
+        pytest.skip(
+            f"needs {path} (the shared research data and reference checkpoints beside the repository)"
+        )
     return path
 
 

@@ -1,0 +1,123 @@
+"""The one loader: every accepted wrapping, fusing on load, and one clear error for every bad file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import fuse_model, lkdn, lkdn_s
+from utils.checkpoint import build_model_from_checkpoint, load_checkpoint, read_state_dict, save_atomic
+from utils.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def trained_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return lkdn_s().state_dict()
+
+
+def _same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"params": {k: v + 1 for k, v in sd.items()}, "params_ema": sd},
+        lambda sd: {"params": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"params_ema": {f"module.{k}": v for k, v in sd.items()}},
+    ],
+    ids=["plain", "prefers-params_ema", "params-only", "module-prefix", "ema-and-prefix"],
+)
+def test_accepted_wrappings(tmp_path, trained_state, wrap):
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(trained_state), path)
+    assert _same_weights(load_checkpoint(path, lkdn_s()), trained_state)
+
+
+def test_training_checkpoint_loads_into_a_fused_model_by_fusing(tmp_path, trained_state):
+    path = save_atomic({"params_ema": trained_state}, tmp_path / "train.pth")
+    training = lkdn_s()
+    training.load_state_dict(trained_state)
+    expected = fuse_model(training).state_dict()
+    assert _same_weights(load_checkpoint(path, lkdn_s(fused=True)), expected)
+
+
+def test_build_model_from_checkpoint_reads_the_configuration(tmp_path):
+    torch.save(lkdn(scale=3, fused=True).state_dict(), tmp_path / "lkdn_x3.pth")
+    model = build_model_from_checkpoint(tmp_path / "lkdn_x3.pth")
+    assert (model.num_feat, model.num_blocks, model.scale, model.fused) == (56, 8, 3, True)
+
+
+def test_wrong_configuration_names_key_shapes_and_the_fitting_model(tmp_path):
+    torch.save({"params_ema": lkdn(fused=True).state_dict()}, tmp_path / "paper.pth")
+    with pytest.raises(UserError) as err:
+        load_checkpoint(tmp_path / "paper.pth", lkdn_s(fused=True))
+    message = str(err.value)
+    assert "paper.pth" in message and "'fea_conv.pw.weight'" in message and "(56, 12, 1, 1)" in message
+    assert "has 56 channels and 8 blocks" in message and "this is LKDN, not LKDN-S" in message
+
+
+def test_wrong_scale_is_reported(tmp_path):
+    torch.save(lkdn_s(scale=2, fused=True).state_dict(), tmp_path / "x2.pth")
+    with pytest.raises(UserError, match=r"upsampler\.0\.weight.*x2.*not LKDN-S x4"):
+        load_checkpoint(tmp_path / "x2.pth", lkdn_s(fused=True))
+
+
+def test_fused_checkpoint_cannot_load_into_training_form(tmp_path):
+    torch.save(lkdn_s(fused=True).state_dict(), tmp_path / "fused.pth")
+    with pytest.raises(UserError, match="fused.pth.*cannot be loaded into a training-form model"):
+        load_checkpoint(tmp_path / "fused.pth", lkdn_s())
+
+
+def test_truncated_file(tmp_path, trained_state):
+    whole = save_atomic(trained_state, tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"cut\.pth: not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "cut.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.pth").write_text("hello")
+    with pytest.raises(UserError, match=r"notes\.pth: not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "notes.pth")
+    torch.save({"lr": 0.1}, tmp_path / "options.pth")
+    with pytest.raises(UserError, match=r"options\.pth: holds no state dict"):
+        read_state_dict(tmp_path / "options.pth")
+    torch.save({"weight": torch.ones(2)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"other\.pth: not an LKDN checkpoint"):
+        load_checkpoint(tmp_path / "other.pth", lkdn_s())
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match=r"missing\.pth: checkpoint not found"):
+        read_state_dict(tmp_path / "missing.pth")
+
+
+def test_untrusted_pickles_are_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"params": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "evil.pth")
+
+
+def test_save_atomic_leaves_no_partial_file(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_atomic({"x": Unpicklable()}, tmp_path / "ckpt.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_authors_checkpoints_load_strictly(reference_dir):
+    load_checkpoint(reference_dir / "LKDN-S_x4.pth", lkdn_s())
+    load_checkpoint(reference_dir / "LKDN-S_del_rep_x4.pth", lkdn_s(fused=True))
+    for scale in (2, 3, 4):
+        load_checkpoint(reference_dir / f"LKDN_x{scale}.pth", lkdn(scale=scale, fused=True))

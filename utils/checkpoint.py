@@ -1,0 +1,157 @@
+"""The one checkpoint loader: every entry point reads weights through `load_checkpoint`.
+
+Accepts a plain state dict, a BasicSR-style dict (`params_ema` preferred over `params`) and the `module.`
+prefix that distributed training leaves; fuses a training-form checkpoint into a fused model; reads with
+`weights_only=True` (a .pth is untrusted input); and turns every mismatch into one `UserError` that names the
+checkpoint, the first offending key and the configuration that would fit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from models import LKDN, fuse_model
+from utils.errors import UserError
+
+PREFERRED_KEYS = ("params_ema", "params", "state_dict", "model")
+NAMED_CONFIGS = {(42, 5): "LKDN-S", (56, 8): "LKDN"}
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The network weights stored in `path`, whatever the wrapping; raises UserError if it is no checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; pass the path of a .pth file (--model_path)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the unpickler of an untrusted file can fail in many ways; all mean "unreadable"
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not a .pth file); "
+            "download or export it again"
+        ) from None
+    if isinstance(obj, dict):
+        for key in PREFERRED_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{path}: holds no state dict of tensors; pass an LKDN checkpoint (.pth)")
+    return {key.removeprefix("module."): value for key, value in obj.items()}
+
+
+def describe_state_dict(state: dict[str, Tensor]) -> dict:
+    """The LKDN configuration a state dict was saved from (channels, blocks, scale, fused or training form)."""
+    if "fea_conv.pw.weight" not in state:
+        raise KeyError("fea_conv.pw.weight")
+    num_feat = state["fea_conv.pw.weight"].shape[0]
+    num_blocks = len({int(m.group(1)) for key in state if (m := re.match(r"B(\d+)\.", key))})
+    fused = "upsampler.0.weight" in state
+    up = state.get("upsampler.0.weight", state.get("upsampler.conv3.weight"))
+    scale = round((up.shape[0] / 3) ** 0.5) if up is not None else None
+    return {"num_feat": num_feat, "num_blocks": num_blocks, "scale": scale, "fused": fused}
+
+
+def config_name(num_feat: int, num_blocks: int) -> str:
+    return NAMED_CONFIGS.get(
+        (num_feat, num_blocks), f"an LKDN with {num_feat} channels and {num_blocks} blocks"
+    )
+
+
+def _mismatch(path: Path, state: dict[str, Tensor], model: LKDN, detail: str) -> UserError:
+    wanted = config_name(model.num_feat, model.num_blocks)
+    try:
+        found = describe_state_dict(state)
+    except KeyError:
+        return UserError(f"{path}: not an LKDN checkpoint ({detail}); pass a checkpoint of {wanted}")
+    name = config_name(found["num_feat"], found["num_blocks"])
+    form = "fused" if found["fused"] else "training"
+    return UserError(
+        f"{path}: {detail}; the checkpoint has {found['num_feat']} channels and {found['num_blocks']} blocks, "
+        f"x{found['scale']}, {form} form: this is {name}, not {wanted} x{model.scale}; "
+        "build the model that fits (or use build_model_from_checkpoint)"
+    )
+
+
+def _first_mismatch(state: dict[str, Tensor], model: LKDN) -> str | None:
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            return f"key {key!r} (shape {tuple(value.shape)}) is missing"
+        if state[key].shape != value.shape:
+            return f"key {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(value.shape)}"
+    for key in state:
+        if key not in expected:
+            return f"unexpected key {key!r} (shape {tuple(state[key].shape)})"
+    return None
+
+
+def load_checkpoint(path: str | Path, model: LKDN) -> LKDN:
+    """Load `path` into `model` in place (strict) and return it.
+
+    A training-form checkpoint loads into a fused model by fusing it first; a fused checkpoint cannot be
+    un-fused into a training-form model.
+    """
+    return load_state(model, read_state_dict(path), Path(path))
+
+
+def load_state(model: LKDN, state: dict[str, Tensor], path: Path) -> LKDN:
+    """`load_checkpoint` for a state dict already read from `path` (named in errors)."""
+    if model.fused and "upsampler.0.weight" not in state and "upsampler.conv3.weight" in state:
+        training = LKDN(**model.config(), fused=False)
+        problem = _first_mismatch(state, training)
+        if problem:
+            raise _mismatch(path, state, model, problem)
+        training.load_state_dict(state)
+        state = fuse_model(training).state_dict()
+    elif not model.fused and "upsampler.0.weight" in state:
+        raise UserError(
+            f"{path}: a fused (inference-form) checkpoint cannot be loaded into a training-form model; "
+            "load it with fused=True, or train from a training-form checkpoint"
+        )
+    problem = _first_mismatch(state, model)
+    if problem:
+        raise _mismatch(path, state, model, problem)
+    model.load_state_dict(state)
+    return model
+
+
+def build_model_from_checkpoint(path: str | Path, fused: bool = True) -> LKDN:
+    """An LKDN of the configuration stored in `path`, with its weights (fused unless asked otherwise)."""
+    path = Path(path)
+    state = read_state_dict(path)
+    try:
+        found = describe_state_dict(state)
+    except KeyError:
+        raise UserError(
+            f"{path}: not an LKDN checkpoint (no 'fea_conv.pw.weight'); pass an LKDN .pth"
+        ) from None
+    model = LKDN(
+        num_feat=found["num_feat"], num_blocks=found["num_blocks"], scale=found["scale"], fused=fused
+    )
+    return load_state(model, state, path)
+
+
+def save_atomic(obj: object, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(
+            f"{path.parent}: cannot write there ({err.strerror}); choose a writable folder"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,215 @@
+"""Resumable, verified downloads and atomic zip extraction (standard library only).
+
+Datasets and checkpoints are hundreds of megabytes fetched over flaky links: a broken download must resume
+where it stopped (HTTP Range on a `.part` file), a finished file must be checked (size, SHA-256) before it
+takes its final name, and an archive must never leave a half-extracted folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils.errors import UserError
+
+USER_AGENT = "lkdn-downloader/1.0 (+urllib)"
+DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a request counts as failed
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _part_path(dest: Path) -> Path:
+    return dest.with_suffix(dest.suffix + ".part")
+
+
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from a Content-Range header such as `bytes 100-199/200` or `bytes */200`."""
+    match = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", (value or "").strip())
+    if match is None:
+        return None, None
+    first, total = match.groups()
+    return (int(first) if first else None), (int(total) if total != "*" else None)
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    chunk: int = 1 << 20,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """Download `url` to `dest`, resuming `dest.part` if a previous run broke off; verify, then rename.
+
+    The size is checked against `size` (when given) and the server's Content-Length, the SHA-256 against
+    `sha256` (when given). Raises UserError on network errors (re-running resumes) and on a mismatch (the
+    partial file is deleted, as its bytes are wrong).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(dest)
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:
+        part.unlink()
+        offset = 0
+
+    if size is None or offset < size:
+        _fetch(url, part, offset, size=size, chunk=chunk, progress=progress, timeout=timeout, name=dest.name)
+
+    got = part.stat().st_size
+    if size is not None and got != size:
+        part.unlink()
+        raise UserError(f"{url}: downloaded {got} bytes, expected {size}; re-run to download it again")
+    if sha256 is not None:
+        actual = sha256_of(part)
+        if actual.lower() != sha256.lower():
+            part.unlink()
+            raise UserError(
+                f"{url}: SHA-256 mismatch (expected {sha256.lower()}, got {actual}); the partial file was "
+                "deleted: re-run to download it again, and if it persists the file on the server has changed"
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch(
+    url: str,
+    part: Path,
+    offset: int,
+    *,
+    size: int | None,
+    chunk: int,
+    progress: bool,
+    timeout: float,
+    name: str,
+) -> None:
+    """Stream the rest of `url` into `part` from `offset`; on return `part` holds the whole file."""
+    total: int | None = None
+    try:
+        try:
+            resp = _open(url, offset, timeout)
+        except urllib.error.HTTPError as err:
+            if err.code != 416 or not offset:
+                raise
+            if _content_range(err.headers.get("Content-Range"))[1] == offset:
+                return  # the partial file is already the whole file (a run stopped just before renaming it)
+            part.unlink()  # not a prefix of this file: start over
+            offset = 0
+            resp = _open(url, 0, timeout)
+        if resp.status == 206 and _content_range(resp.headers.get("Content-Range"))[0] != offset:
+            resp.close()  # a range we did not ask for: start over rather than splice wrong bytes
+            offset = 0
+            resp = _open(url, 0, timeout)
+        with resp:
+            length = resp.headers.get("Content-Length")
+            length = int(length) if length is not None and length.strip().isdigit() else None
+            if resp.status == 206:
+                start = offset
+                total = _content_range(resp.headers.get("Content-Range"))[1]
+                if total is None and length is not None:
+                    total = offset + length
+            else:
+                start, total = 0, length  # 200: no Range sent, or the server ignored it and sends everything
+            if size is not None and total is not None and total != size:
+                raise UserError(f"{url}: the server reports {total} bytes, expected {size}; check the URL")
+            bar = tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=name,
+                disable=not progress,
+                leave=False,
+            )
+            with open(part, "ab" if start else "wb") as f, bar:
+                while block := resp.read(chunk):
+                    f.write(block)
+                    bar.update(len(block))
+    except urllib.error.HTTPError as err:
+        raise UserError(f"{url}: HTTP {err.code} {err.reason}; check the URL (or the base URL)") from None
+    except (OSError, http.client.HTTPException) as err:
+        have = part.stat().st_size if part.exists() else 0
+        raise UserError(
+            f"{url}: download failed after {have} bytes ({err}); re-run the same command to resume"
+        ) from None
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise UserError(
+            f"{url}: connection closed after {got} of {total} bytes; re-run the same command to resume"
+        )
+    if total is not None and got > total:
+        part.unlink()
+        raise UserError(f"{url}: received {got} bytes, more than the {total} announced; re-run to start over")
+
+
+def extract_zip(
+    zip_path: Path,
+    dest_dir: Path,
+    *,
+    expected_members: Iterable[str] | None = None,
+    subdir: str | None = None,
+) -> Path:
+    """Verify `zip_path` (CRCs, expected members); extract it so `dest_dir` appears complete or not at all.
+
+    Extraction goes to a temporary sibling of `dest_dir`, which is then renamed into place; with `subdir`,
+    only that folder of the archive becomes `dest_dir` (e.g. `DIV2K_valid_LR_bicubic/X4`).
+    """
+    zip_path, dest_dir = Path(zip_path), Path(dest_dir)
+    if dest_dir.exists():
+        raise UserError(f"{dest_dir}: already exists; delete it to extract {zip_path.name} again")
+    fix = "delete it and download it again"
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise UserError(f"{zip_path}: corrupt archive (CRC error in {bad}); {fix}")
+            names = set(zf.namelist())
+            for name in names:
+                if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+                    raise UserError(f"{zip_path}: unsafe member path {name!r}; {fix} from the official site")
+            missing = sorted(set(expected_members or ()) - names)
+            if missing:
+                shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                raise UserError(f"{zip_path}: missing {shown}; {fix}")
+            dest_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.extracting.", dir=dest_dir.parent))
+            try:
+                zf.extractall(tmp)
+                src = tmp / subdir if subdir else tmp
+                if not src.is_dir():
+                    raise UserError(f"{zip_path}: has no folder {subdir}; {fix}")
+                os.replace(src, dest_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{zip_path}: not a readable zip archive ({err}); {fix}") from None
+    return dest_dir
