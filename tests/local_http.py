@@ -1,0 +1,86 @@
+"""A local HTTP file server for download tests: Range support, and faults on demand.
+
+Serves in-memory files on 127.0.0.1 (a free port) from a thread. `drop_after` makes the next response stop
+after that many body bytes and close the connection (a broken download); `ignore_range` answers 200 with
+the whole file as servers without Range support do. Every request's path and Range header is recorded.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FileServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.ignore_range = False
+        self.drop_after: int | None = None
+        self.requests: list[dict[str, str | None]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        srv = self.server
+        range_header = self.headers.get("Range")
+        with srv.lock:
+            srv.requests.append({"path": self.path, "range": range_header})
+            drop_after, srv.drop_after = srv.drop_after, None
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404, "Not Found")
+            return
+        match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
+        if match and not srv.ignore_range:
+            start = int(match.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = data[start:]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "none" if srv.ignore_range else "bytes")
+        self.end_headers()
+        if drop_after is not None:
+            body = body[:drop_after]
+            self.close_connection = True
+        self.wfile.write(body)
+        self.wfile.flush()
+
+
+@contextmanager
+def serve_files(files: dict[str, bytes] | None = None) -> Iterator[FileServer]:
+    """Run a FileServer in a thread for the duration of the block, then shut it down."""
+    server = FileServer()
+    server.files.update(files or {})
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

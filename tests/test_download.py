@@ -1,0 +1,245 @@
+"""Resumable downloads, atomic extraction and the DIV2K script, against a local HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from local_http import serve_files
+
+from data import download_div2k
+from utils.download import download_file, extract_zip
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def server():
+    with serve_files() as srv:
+        yield srv
+
+
+def _payload(n: int = 300_000, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _get(server, dest: Path, name: str = "/f.bin", **kw) -> Path:
+    return download_file(server.url + name, dest, progress=False, timeout=TIMEOUT, **kw)
+
+
+# --- download_file ------------------------------------------------------------------------------------------
+
+
+def test_full_download(server, tmp_path):
+    data = _payload()
+    server.files["/f.bin"] = data
+    out = _get(server, tmp_path / "sub" / "f.bin", sha256=_sha(data), size=len(data))
+    assert out == tmp_path / "sub" / "f.bin"
+    assert out.read_bytes() == data
+    assert not (tmp_path / "sub" / "f.bin.part").exists()
+    assert server.requests == [{"path": "/f.bin", "range": None}]
+
+
+def test_resume_after_broken_download(server, tmp_path):
+    data = _payload()
+    server.files["/f.bin"] = data
+    dest = tmp_path / "f.bin"
+    server.drop_after = 70_000
+    with pytest.raises(UserError, match=r"f\.bin: connection closed after 70000 of 300000 bytes; re-run"):
+        _get(server, dest, sha256=_sha(data))
+    assert not dest.exists()
+    assert (tmp_path / "f.bin.part").stat().st_size == 70_000
+
+    _get(server, dest, sha256=_sha(data))
+    assert server.requests[-1]["range"] == "bytes=70000-"
+    assert dest.read_bytes() == data
+    assert not (tmp_path / "f.bin.part").exists()
+
+
+def test_checksum_mismatch_deletes_the_partial_file(server, tmp_path):
+    data = _payload()
+    server.files["/f.bin"] = data
+    wrong = "0" * 64
+    with pytest.raises(UserError) as err:
+        _get(server, tmp_path / "f.bin", sha256=wrong)
+    message = str(err.value)
+    assert server.url + "/f.bin" in message and wrong in message and _sha(data) in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_mismatch_is_an_error(server, tmp_path):
+    server.files["/f.bin"] = _payload(1000)
+    with pytest.raises(UserError, match="server reports 1000 bytes, expected 999"):
+        _get(server, tmp_path / "f.bin", size=999)
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    data = _payload()
+    server.files["/f.bin"] = data
+    server.ignore_range = True
+    (tmp_path / "f.bin.part").write_bytes(b"stale bytes that are not a prefix of the file")
+    _get(server, tmp_path / "f.bin", sha256=_sha(data))
+    assert server.requests[0]["range"] is not None  # asked to resume, got the whole file (200)
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_partial_file_that_is_already_complete(server, tmp_path):
+    data = _payload(5000)
+    server.files["/f.bin"] = data
+    (tmp_path / "f.bin.part").write_bytes(data)  # a run stopped between the last byte and the rename
+    _get(server, tmp_path / "f.bin", sha256=_sha(data))
+    assert server.requests == [{"path": "/f.bin", "range": "bytes=5000-"}]  # answered 416, nothing re-sent
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_http_404_names_the_url(server, tmp_path):
+    with pytest.raises(UserError, match=r"/missing\.bin: HTTP 404"):
+        _get(server, tmp_path / "f.bin", name="/missing.bin")
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_unreachable_server_says_rerun(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Nothing listens on `port` any more: connection refused.
+    with pytest.raises(UserError, match=rf"127\.0\.0\.1:{port}/f\.bin: download failed .*re-run"):
+        download_file(f"http://127.0.0.1:{port}/f.bin", tmp_path / "f.bin", progress=False, timeout=TIMEOUT)
+
+
+# --- extract_zip --------------------------------------------------------------------------------------------
+
+
+def _zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+def _siblings(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_extract_zip_whole_and_subdir(tmp_path):
+    zip_path = tmp_path / "a.zip"
+    zip_path.write_bytes(_zip_bytes({"top/x/1.txt": b"one", "top/x/2.txt": b"two", "top/readme": b"r"}))
+    out = extract_zip(zip_path, tmp_path / "whole", expected_members=["top/x/1.txt"])
+    assert (out / "top" / "x" / "2.txt").read_bytes() == b"two"
+    out = extract_zip(zip_path, tmp_path / "only_x", subdir="top/x")
+    assert _siblings(out) == ["1.txt", "2.txt"]
+    assert _siblings(tmp_path) == ["a.zip", "only_x", "whole"]  # no temporary folder left behind
+
+
+def test_extract_corrupt_zip_leaves_no_folder(tmp_path):
+    content = b"A" * 4000
+    raw = bytearray(_zip_bytes({"d/1.txt": b"fine", "d/2.txt": content}))
+    at = raw.index(content)
+    raw[at + 2000] ^= 0xFF  # flip one byte of the stored data: its CRC no longer matches
+    zip_path = tmp_path / "bad.zip"
+    zip_path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"bad\.zip: corrupt archive \(CRC error in d/2\.txt\)"):
+        extract_zip(zip_path, tmp_path / "out")
+    assert _siblings(tmp_path) == ["bad.zip"]
+
+
+def test_extraction_failing_midway_leaves_no_folder(tmp_path, monkeypatch):
+    zip_path = tmp_path / "a.zip"
+    zip_path.write_bytes(_zip_bytes({f"d/{i}.txt": b"x" for i in range(5)}))
+
+    def extract_two_then_fail(self, path, *args, **kwargs):
+        self.extract("d/0.txt", path)
+        self.extract("d/1.txt", path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_two_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        extract_zip(zip_path, tmp_path / "out")
+    assert _siblings(tmp_path) == ["a.zip"]
+
+
+def test_extract_truncated_or_incomplete_zip(tmp_path):
+    good = _zip_bytes({"d/1.txt": b"x" * 1000}, zipfile.ZIP_DEFLATED)
+    (tmp_path / "cut.zip").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match=r"cut\.zip: not a readable zip archive"):
+        extract_zip(tmp_path / "cut.zip", tmp_path / "out")
+    (tmp_path / "ok.zip").write_bytes(good)
+    with pytest.raises(UserError, match=r"ok\.zip: missing d/2\.txt"):
+        extract_zip(tmp_path / "ok.zip", tmp_path / "out", expected_members=["d/1.txt", "d/2.txt"])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UserError, match="already exists"):
+        extract_zip(tmp_path / "ok.zip", tmp_path / "out")
+    assert _siblings(tmp_path) == ["cut.zip", "ok.zip", "out"]
+    assert _siblings(tmp_path / "out") == []
+
+
+# --- data/download_div2k.py ---------------------------------------------------------------------------------
+
+
+def _png(h: int, w: int, seed: int) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def _div2k_zips(lr_size: tuple[int, int] = (2, 3)) -> dict[str, bytes]:
+    ids = range(801, 901)
+    hr = {f"DIV2K_valid_HR/{i:04d}.png": _png(8, 12, i) for i in ids}
+    lr = {f"DIV2K_valid_LR_bicubic/X4/{i:04d}x4.png": _png(*lr_size, i) for i in ids}
+    return {"DIV2K_valid_HR.zip": _zip_bytes(hr), "DIV2K_valid_LR_bicubic_X4.zip": _zip_bytes(lr)}
+
+
+@pytest.fixture(scope="module")
+def div2k_zips() -> dict[str, bytes]:
+    return _div2k_zips()
+
+
+def test_div2k_cli_produces_the_kit_layout(server, div2k_zips, tmp_path, capsys):
+    server.files.update({f"/div2k/{name}": data for name, data in div2k_zips.items()})
+    argv = ["--data_dir", str(tmp_path), "--base_url", server.url + "/div2k/", "--no_progress"]
+    assert download_div2k.main(argv) == 0
+    hr = sorted(p.name for p in (tmp_path / "DIV2K_valid_HR").iterdir())
+    lr = sorted(p.name for p in (tmp_path / "DIV2K_valid_LR").iterdir())
+    assert hr == [f"{i:04d}.png" for i in range(801, 901)]
+    assert lr == [f"{i:04d}x4.png" for i in range(801, 901)]
+    assert cv2.imread(str(tmp_path / "DIV2K_valid_LR" / "0850x4.png")).shape == (2, 3, 3)
+    assert _siblings(tmp_path) == ["DIV2K_valid_HR", "DIV2K_valid_LR"]  # zips removed, no temp folders
+    assert "100 HR/LR x4 pairs" in capsys.readouterr().out
+
+    n_requests = len(server.requests)
+    assert download_div2k.main(argv) == 0  # already complete: nothing downloaded again
+    assert len(server.requests) == n_requests
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_div2k_rejects_lr_that_is_not_hr_over_4(server, tmp_path):
+    server.files.update({f"/bad/{name}": data for name, data in _div2k_zips(lr_size=(3, 3)).items()})
+    with pytest.raises(UserError, match=r"0801x4\.png: 3x3 is not the x4 downscale of .*0801\.png \(12x8\)"):
+        download_div2k.download_div2k(tmp_path, base_url=server.url + "/bad", progress=False)
+
+
+def test_div2k_cli_404_is_one_line_and_exit_code_2(server, tmp_path):
+    cmd = [sys.executable, "-m", "data.download_div2k", "--data_dir", str(tmp_path), "--base_url", server.url]
+    proc = subprocess.run(cmd + ["--no_progress"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and f"{server.url}/DIV2K_valid_HR.zip: HTTP 404" in lines[0]
+    assert not (tmp_path / "DIV2K_valid_HR").exists()
