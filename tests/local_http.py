@@ -2,7 +2,9 @@
 
 Serves in-memory files on 127.0.0.1 (a free port) from a thread. `drop_after` makes the next response stop
 after that many body bytes and close the connection (a broken download); `ignore_range` answers 200 with
-the whole file as servers without Range support do. Every request's path and Range header is recorded.
+the whole file as servers without Range support do; `stall_after` makes the next response stop sending after
+that many bytes but keep the connection open (until the server shuts down), so that the client times out.
+Every request's path and Range header is recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class FileServer(ThreadingHTTPServer):
         self.files: dict[str, bytes] = {}
         self.ignore_range = False
         self.drop_after: int | None = None
+        self.stall_after: int | None = None
+        self.release = threading.Event()  # set on shutdown: ends stalled responses
         self.requests: list[dict[str, str | None]] = []
         self.lock = threading.Lock()
 
@@ -42,6 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append({"path": self.path, "range": range_header})
             drop_after, srv.drop_after = srv.drop_after, None
+            stall_after, srv.stall_after = srv.stall_after, None
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
@@ -67,6 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
         if drop_after is not None:
             body = body[:drop_after]
             self.close_connection = True
+        if stall_after is not None:
+            self.wfile.write(body[:stall_after])
+            self.wfile.flush()
+            srv.release.wait(timeout=30)
+            self.close_connection = True
+            return
         self.wfile.write(body)
         self.wfile.flush()
 
@@ -81,6 +92,7 @@ def serve_files(files: dict[str, bytes] | None = None) -> Iterator[FileServer]:
     try:
         yield server
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

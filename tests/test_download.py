@@ -70,6 +70,19 @@ def test_resume_after_broken_download(server, tmp_path):
     assert not (tmp_path / "f.bin.part").exists()
 
 
+def test_resume_after_a_stalled_download(server, tmp_path):
+    data = _payload()
+    server.files["/f.bin"] = data
+    server.stall_after = 100_000
+    with pytest.raises(
+        UserError, match=r"f\.bin: download failed after 100000 bytes .*re-run the same command"
+    ):
+        download_file(server.url + "/f.bin", tmp_path / "f.bin", progress=False, timeout=2.0)
+    _get(server, tmp_path / "f.bin", sha256=_sha(data))
+    assert server.requests[-1]["range"] == "bytes=100000-"
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
 def test_checksum_mismatch_deletes_the_partial_file(server, tmp_path):
     data = _payload()
     server.files["/f.bin"] = data
@@ -118,7 +131,10 @@ def test_unreachable_server_says_rerun(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Nothing listens on `port` any more: connection refused.
-    with pytest.raises(UserError, match=rf"127\.0\.0\.1:{port}/f\.bin: download failed .*re-run"):
+    with pytest.raises(
+        UserError,
+        match=rf"127\.0\.0\.1:{port}/f\.bin: cannot download .*check the network connection and re-run",
+    ):
         download_file(f"http://127.0.0.1:{port}/f.bin", tmp_path / "f.bin", progress=False, timeout=TIMEOUT)
 
 

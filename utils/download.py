@@ -151,13 +151,20 @@ def _fetch(
                 leave=False,
             )
             with open(part, "ab" if start else "wb") as f, bar:
-                while block := resp.read(chunk):
+                read = getattr(
+                    resp, "read1", resp.read
+                )  # read1: what has arrived, so a timeout loses nothing
+                while block := read(chunk):
                     f.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as err:
         raise UserError(f"{url}: HTTP {err.code} {err.reason}; check the URL (or the base URL)") from None
     except (OSError, http.client.HTTPException) as err:
         have = part.stat().st_size if part.exists() else 0
+        if not have:
+            raise UserError(
+                f"{url}: cannot download ({err}); check the network connection and re-run"
+            ) from None
         raise UserError(
             f"{url}: download failed after {have} bytes ({err}); re-run the same command to resume"
         ) from None
