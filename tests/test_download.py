@@ -259,3 +259,17 @@ def test_div2k_cli_404_is_one_line_and_exit_code_2(server, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and f"{server.url}/DIV2K_valid_HR.zip: HTTP 404" in lines[0]
     assert not (tmp_path / "DIV2K_valid_HR").exists()
+
+
+def test_div2k_test_split_fetches_the_public_lr_only(server, tmp_path, capsys):
+    lr = {f"DIV2K_test_LR_bicubic/X4/{i:04d}x4.png": _png(2, 3, i) for i in range(901, 1001)}
+    server.files["/DIV2K_test_LR_bicubic_X4.zip"] = _zip_bytes(lr)
+    argv = ["--data_dir", str(tmp_path), "--splits", "test", "--base_url", server.url, "--no_progress"]
+    assert download_div2k.main(argv) == 0
+    assert _siblings(tmp_path) == ["DIV2K_test_LR"]
+    assert sorted(p.name for p in (tmp_path / "DIV2K_test_LR").iterdir()) == [
+        f"{i:04d}x4.png" for i in range(901, 1001)
+    ]
+    out = capsys.readouterr().out
+    assert "test HR images are not public" in out and f"{tmp_path}/DIV2K_test_HR/" in out
+    assert [r["path"] for r in server.requests] == ["/DIV2K_test_LR_bicubic_X4.zip"]
