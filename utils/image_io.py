@@ -45,7 +45,7 @@ def read_size(path: str | Path) -> tuple[int, int]:
 
 
 def write_rgb(path: str | Path, img: np.ndarray) -> None:
-    """Encode a uint8 HxWx3 RGB image (format from the suffix), atomically: no half-written file on a crash."""
+    """Encode a uint8 HxWx3 RGB image (format from the suffix) atomically: never a half-written file."""
     path = Path(path)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"write_rgb: expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
@@ -62,7 +62,8 @@ def write_rgb(path: str | Path, img: np.ndarray) -> None:
     except OSError as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise UserError(f"{path}: cannot write the image ({err.strerror or err}); choose a writable folder") from err
+        reason = err.strerror or err
+        raise UserError(f"{path}: cannot write the image ({reason}); choose a writable folder") from err
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -73,7 +74,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
-    """1x3xHxW or 3xHxW tensor in [0, 1] (any device or float dtype) -> uint8 HxWx3, quantised as the NTIRE kit."""
+    """1x3xHxW or 3xHxW float tensor in [0, 1], any device -> uint8 HxWx3, quantised as the NTIRE kit."""
     if tensor.dim() == 4 and tensor.shape[0] == 1:
         tensor = tensor[0]
     if tensor.dim() != 3 or tensor.shape[0] != 3:

@@ -2,11 +2,11 @@
 
 The LR images of every SR benchmark (and of DIV2K) were made with MATLAB, so LR made any other way (cv2, PIL,
 torch's bicubic) differs by one or more grey levels and shifts PSNR. This module follows MATLAB's documented
-algorithm: the Keys cubic kernel (a = -0.5), widened by 1/scale when downscaling (antialiasing), edge pixels
-replicated beyond the border, separable 1-D passes in order of increasing scale (rows, i.e. axis 0, first on
-ties), and on integer input a round-half-up and clip to the integer range after each pass. The border rule, the
-pass order and the per-pass rounding were each checked against the benchmark LR images: any other choice
-misses some of their pixels by several grey levels.
+algorithm: the Keys cubic kernel (a = -0.5), widened by 1/scale when downscaling (antialiasing), edge
+pixels replicated beyond the border, separable 1-D passes in order of increasing scale (rows, i.e. axis 0,
+first on ties), and on integer input a round-half-up and clip to the integer range after each pass. The
+border rule, the pass order and the per-pass rounding were each checked against the benchmark LR images:
+any other choice misses some of their pixels by several grey levels.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _contributions(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray,
     """Per output pixel: the input indices and normalised weights of its taps (MATLAB's `contributions`)."""
     antialias = scale < 1
     width = _KERNEL_WIDTH / scale if antialias else _KERNEL_WIDTH
-    centre = np.arange(1, out_len + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)  # 1-based input coords
+    # centre of each output pixel in 1-based input coordinates
+    centre = np.arange(1, out_len + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
     left = np.floor(centre - width / 2)
     taps = math.ceil(width) + 2
     indices = left[:, None] + np.arange(taps)[None, :]  # 1-based, may fall outside the image
@@ -69,10 +70,8 @@ def _output_plan(
     else:
         out = tuple(int(n) for n in output_shape)
         if len(out) != 2 or min(out) < 1:
-            raise ValueError(f"matlab_imresize: output_shape must be two positive sizes, got {output_shape!r}")
+            raise ValueError(f"matlab_imresize: output_shape must be two sizes >= 1, got {output_shape!r}")
         scales = (out[0] / in_shape[0], out[1] / in_shape[1])
-    if min(out) < 1:
-        raise ValueError(f"matlab_imresize: scale {scale} turns an image of {in_shape} into an empty one")
     return out, scales
 
 
@@ -81,14 +80,14 @@ def matlab_imresize(
 ) -> np.ndarray:
     """Resize an HxW or HxWxC image like MATLAB's `imresize(img, scale, 'bicubic')`.
 
-    Give `scale` (output size = ceil(input size * scale), MATLAB's rule) or `output_shape` (H, W). Integer input
-    (uint8, uint16) is rounded and clipped after each 1-D pass and returned in its dtype, as MATLAB does; float
-    input is computed in float64 without rounding and returned in its dtype.
+    Give `scale` (output size = ceil(input size * scale), MATLAB's rule) or `output_shape` (H, W). Integer
+    input (uint8, uint16) is rounded and clipped after each 1-D pass and returned in its dtype, as MATLAB
+    does; float input is computed in float64 without rounding and returned in its dtype.
     """
     img = np.asarray(img)
     if img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
         raise ValueError(f"matlab_imresize: expected an HxW or HxWxC image, got shape {img.shape}")
-    if np.issubdtype(img.dtype, np.integer):
+    if np.issubdtype(img.dtype, np.unsignedinteger):
         integer_dtype = img.dtype
     elif np.issubdtype(img.dtype, np.floating):
         integer_dtype = None
