@@ -1,8 +1,8 @@
 """MATLAB's `imresize(img, scale, 'bicubic')`, bit-exact on uint8.
 
 The LR images of every SR benchmark (and of DIV2K) were made with MATLAB, so LR made any other way (cv2, PIL,
-torch's bicubic) differs by one or more grey levels and shifts PSNR. This module follows MATLAB's documented
-algorithm: the Keys cubic kernel (a = -0.5), widened by 1/scale when downscaling (antialiasing), edge
+torch's bicubic) differs by one or more grey levels and shifts PSNR. This module follows MATLAB's algorithm:
+the Keys cubic kernel (a = -0.5), widened by 1/scale when downscaling (antialiasing), edge
 pixels replicated beyond the border, separable 1-D passes in order of increasing scale (rows, i.e. axis 0,
 first on ties), and on integer input a round-half-up and clip to the integer range after each pass. The
 border rule, the pass order and the per-pass rounding were each checked against the benchmark LR images:
@@ -44,7 +44,9 @@ def _contributions(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray,
     return indices[:, used], weights[:, used]
 
 
-def _resize_axis(img: np.ndarray, axis: int, out_len: int, scale: float, integer_dtype: np.dtype | None):
+def _resize_axis(
+    img: np.ndarray, axis: int, out_len: int, scale: float, integer_dtype: np.dtype | None
+) -> np.ndarray:
     indices, weights = _contributions(img.shape[axis], out_len, scale)
     src = np.moveaxis(img, axis, 0)
     trailing = (1,) * (src.ndim - 1)
