@@ -1,0 +1,93 @@
+"""Runtime and peak memory of inference, measured the NTIRE kit's way on a GPU and honestly on a CPU.
+
+GPU: CUDA events around the call and a synchronize, and `torch.cuda.max_memory_allocated()`, as the kit does.
+CPU: a monotonic clock (perf_counter) around the call, and the peak resident memory of the whole process while
+inference runs (Linux: the kernel's high-water mark, reset through /proc/self/clear_refs; elsewhere a psutil
+sampling thread). CPU figures are not comparable with the challenge's GPU figures.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+MB = 1024**2  # the kit's "MB"
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def timed_ms(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """(fn(), its wall time in milliseconds): CUDA events + synchronize on a GPU, perf_counter on a CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        return result, start.elapsed_time(end)
+    start_s = time.perf_counter()
+    result = fn()
+    return result, (time.perf_counter() - start_s) * 1000.0
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory over stretches of inference, in MB: enter it around each inference call, read `peak_mb` (the
+    maximum over all of them). `label` says what was measured."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        if device.type == "cuda":
+            self.label = "torch.cuda.max_memory_allocated, MB (GPU, as the NTIRE kit)"
+        else:
+            self.label = "peak resident memory of the whole process during inference, MB (CPU)"
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            return self
+        try:
+            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size (Linux >= 4.0)
+            return self
+        except OSError:
+            pass
+        self._stop.clear()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.peak_mb = max(self.peak_mb, process.memory_info().rss / MB)
+            if self._stop.wait(0.005):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / MB
+        elif self._sampler is None:
+            self.peak_mb = max(self.peak_mb, (_vm_hwm_bytes() or 0) / MB)
+        else:
+            self._stop.set()
+            self._sampler.join()
+            self._sampler = None
