@@ -46,6 +46,11 @@ SCALE = 4
 BORDER = SCALE
 DOWNLOAD_COMMAND = "python -m data.download_div2k --data_dir {data_dir}"
 BENCHMARK_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109")
+DATASET_DIRS = {  # (LR folder, HR folder) under --data_dir, as the kit names them
+    "valid": ("DIV2K_valid_LR", "DIV2K_valid_HR"),
+    "test": ("DIV2K_test_LR", "DIV2K_test_HR"),
+    "hybrid_test": ("LSDIR_DIV2K_test_LR", "LSDIR_DIV2K_test_HR"),
+}
 MODE_TITLES = {"valid": "DIV2K valid", "test": "DIV2K test", "hybrid_test": "LSDIR + DIV2K test"}
 CPU_TIME_NOTE = (
     "CPU times (perf_counter, after a warm-up pass) are not comparable to the challenge's GPU times"
@@ -130,17 +135,15 @@ def _check_pair(lr: Path, hr: Path) -> None:
 
 def _expected_pairs(data_dir: Path, mode: str) -> list[tuple[Path, Path]]:
     """The kit's file lists: DIV2K valid 0801-0900, DIV2K test 0901-1000, and every LSDIR_DIV2K_test_HR image."""
+    lr_dir, hr_dir = (data_dir / folder for folder in DATASET_DIRS[mode])
     if mode == "valid":
-        lr_dir, hr_dir = data_dir / "DIV2K_valid_LR", data_dir / "DIV2K_valid_HR"
         return [(lr_dir / f"{i:04d}x{SCALE}.png", hr_dir / f"{i:04d}.png") for i in range(801, 901)]
     if mode == "test":
-        lr_dir, hr_dir = data_dir / "DIV2K_test_LR", data_dir / "DIV2K_test_HR"
         pairs = []
         for i in range(901, 1001):
             lr = lr_dir / f"{i:04d}.png"  # the kit's name; the public DIV2K test LR is named 0901x4.png
             pairs.append((lr if lr.is_file() else lr_dir / f"{i:04d}x{SCALE}.png", hr_dir / f"{i:04d}.png"))
         return pairs
-    lr_dir, hr_dir = data_dir / "LSDIR_DIV2K_test_LR", data_dir / "LSDIR_DIV2K_test_HR"
     return [(lr_dir / f"{hr.stem}x{SCALE}.png", hr) for hr in sorted(hr_dir.glob("*.png"))]
 
 
@@ -157,13 +160,16 @@ def _missing_data_fix(data_dir: Path, mode: str) -> str:
 
 def select_dataset(data_dir: Path, mode: str, allow_partial: bool = False) -> list[tuple[Path, Path]]:
     """(LR, HR) paths of `mode`, every pair checked; UserError naming the path and the fix otherwise."""
+    for folder in reversed(DATASET_DIRS[mode]):  # HR first: a missing HR folder means a missing dataset
+        if not (data_dir / folder).is_dir():
+            raise UserError(
+                f"{data_dir / folder}: {MODE_TITLES[mode]} not found; {_missing_data_fix(data_dir, mode)}"
+            )
     pairs = _expected_pairs(data_dir, mode)
-    hr_dir = pairs[0][1].parent if pairs else data_dir / "LSDIR_DIV2K_test_HR"
-    for folder in (hr_dir, pairs[0][0].parent if pairs else None):
-        if folder is not None and not folder.is_dir():
-            raise UserError(f"{folder}: {MODE_TITLES[mode]} not found; {_missing_data_fix(data_dir, mode)}")
     if not pairs:
-        raise UserError(f"{hr_dir}: no .png images; {_missing_data_fix(data_dir, mode)}")
+        raise UserError(
+            f"{data_dir / DATASET_DIRS[mode][1]}: no .png images; {_missing_data_fix(data_dir, mode)}"
+        )
     present = [(lr, hr) for lr, hr in pairs if lr.is_file() and hr.is_file()]
     if len(present) < len(pairs) and not (allow_partial and present):
         lr, hr = next((lr, hr) for lr, hr in pairs if not (lr.is_file() and hr.is_file()))
@@ -246,9 +252,8 @@ def run(
     out_dir = save_dir / selected.name / mode
     runtimes, psnrs, ssims = [], [], []
     memory = PeakMemory(device)
-    if (
-        device.type == "cpu"
-    ):  # the kit does not warm up; on a CPU the first call pays for allocations and setup
+    if device.type == "cpu":
+        # the kit does not warm up; on a CPU the first call pays for allocations and kernel setup
         forward(selected.runner, to_tensor(read_rgb(pairs[0][0])).to(device), args.tile, selected.overlap)
     for lr_path, hr_path in tqdm(pairs, desc=f"{mode:>12s}", unit="img", file=sys.stderr, leave=False):
         lr, hr = _load_pair(lr_path, hr_path)
