@@ -14,8 +14,10 @@ WHOLE_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def random_lkdn_s() -> LKDN:
+    """LKDN-S's depth and kernels (hence its receptive field, 63), narrowed to 8 channels to be cheap; the
+    authors' LKDN-S itself is tiled in tests/test_test_demo.py."""
     torch.manual_seed(0)
-    return lkdn_s(fused=True).eval()
+    return LKDN(num_feat=8, num_blocks=5, fused=True).eval()
 
 
 def test_receptive_radius_of_the_named_configurations():
@@ -32,7 +34,7 @@ def test_receptive_radius_of_the_named_configurations():
 def test_receptive_radius_is_the_exact_support_of_the_gradient():
     """One output pixel depends on exactly the LR pixels within the radius (float64: no underflow to zero)."""
     torch.manual_seed(0)
-    model = LKDN(num_feat=4, num_blocks=5, fused=True).double().eval()  # LKDN-S's depth, narrow to be cheap
+    model = LKDN(num_feat=2, num_blocks=5, fused=True).double().eval()  # LKDN-S's depth, narrow to be cheap
     radius = receptive_radius(model)
     size, centre = 2 * radius + 3, radius + 1
     x = torch.rand(1, 3, size, size, dtype=torch.float64, requires_grad=True)
@@ -43,6 +45,7 @@ def test_receptive_radius_is_the_exact_support_of_the_gradient():
 
 
 def test_tiled_equals_whole_with_the_receptive_radius_as_overlap(random_lkdn_s):
+    assert receptive_radius(random_lkdn_s) == 63
     # width > tile + 2 * 63: interior tiles are cut on both sides, so their context really comes from the overlap
     x = torch.rand(1, 3, 16, 160, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -66,7 +69,7 @@ def test_a_too_small_overlap_is_not_exact(random_lkdn_s):
     with torch.inference_mode():
         whole = random_lkdn_s(x)
         tiled = tiled_forward(random_lkdn_s, x, tile=32, overlap=8, scale=4)
-    assert (tiled - whole).abs().max().item() > 100 * WHOLE_TOL
+    assert (tiled - whole).abs().max().item() > 10 * WHOLE_TOL
 
 
 def test_tile_geometry_with_a_local_operator():
