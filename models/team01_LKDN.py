@@ -245,13 +245,12 @@ class LKDB(nn.Module):
         self.pixel_norm = ChannelLayerNorm(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.act
-        d1, r1 = act(self.c1_d(x)), act(self.c1_r(x))
-        d2, r2 = act(self.c2_d(r1)), act(self.c2_r(r1))
-        d3, r3 = act(self.c3_d(r2)), act(self.c3_r(r2))
-        r4 = act(self.c4(r3))
-        u = self.c5(torch.cat([d1, d2, d3, r4], dim=1))
-        return self.pixel_norm(self.c6(self.atten(u))) + x
+        r1 = self.act(self.c1_r(x))
+        r2 = self.act(self.c2_r(r1))
+        r3 = self.act(self.c3_r(r2))
+        # GELU(concat) == concat(GELU): one activation over the distilled features instead of four on slices
+        distilled = self.act(torch.cat([self.c1_d(x), self.c2_d(r1), self.c3_d(r2), self.c4(r3)], dim=1))
+        return self.pixel_norm(self.c6(self.atten(self.c5(distilled)))) + x
 
 
 class LKDN(nn.Module):

@@ -1,0 +1,82 @@
+"""Training-step throughput: multi-branch fp32 vs online-fused fp32 vs online-fused bf16, in one process.
+
+    python benchmarks/bench_train.py [--batch 16] [--lr_patch 64] [--rounds 10]
+
+A step is forward, L1 loss, backward and an Adam step on LKDN-S x4 (training form). The variants run
+interleaved, round after round, so a busy machine slows all of them alike; the medians and their ratios are
+printed. Online fusion must be at least 2x the multi-branch form in fp32.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from models import lkdn_s
+
+
+def make_step(online_fusion: bool, bf16: bool, batch: int, lr_patch: int):
+    torch.manual_seed(0)
+    model = lkdn_s(online_fusion=online_fusion).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    lr = torch.rand(batch, 3, lr_patch, lr_patch)
+    hr = torch.rand(batch, 3, 4 * lr_patch, 4 * lr_patch)
+
+    def step() -> None:
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        with context:
+            sr = model(lr)
+        loss = (sr.float() - hr).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr_patch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    variants = {
+        "multi-branch fp32": make_step(False, False, args.batch, args.lr_patch),
+        "online-fused fp32": make_step(True, False, args.batch, args.lr_patch),
+        "online-fused bf16": make_step(True, True, args.batch, args.lr_patch),
+    }
+    for step in variants.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, step in variants.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+
+    base = statistics.median(times["multi-branch fp32"])
+    print(
+        f"LKDN-S x4 training step, batch {args.batch} of {args.lr_patch}x{args.lr_patch} LR patches, "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds"
+    )
+    print(f"{'variant':<20} {'step [ms]':>10} {'patches/s':>10} {'vs multi-branch':>16}")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"{name:<20} {1000 * median:>10.1f} {args.batch / median:>10.1f} {base / median:>15.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Train LKDN: `python train/train_lkdn.py --stage scratch`, then `--stage finetune`.
+
+Defaults come from train/<stage>.yml (the factsheet's recipe); every field can be overridden (`--lr 5e-4`).
+A run resumes by itself from the newest state in its run folder; `--restart` refuses to and starts over only in an
+empty folder. Multi-GPU or multi-process: `torchrun --nproc_per_node=N train/train_lkdn.py --stage scratch`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+
+import yaml
+
+from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config, validate
+from train.state import latest_resumable
+from train.trainer import Trainer, build_model
+from utils.checkpoint import load_checkpoint, save_atomic
+from utils.errors import UserError, run_cli
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--stage", choices=STAGES, default="scratch", help="which recipe stage (default scratch)"
+    )
+    parser.add_argument("--config", type=Path, help="a YAML config (default train/<stage>.yml)")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true", help="require a state to resume from in the run folder"
+    )
+    resume.add_argument(
+        "--restart", action="store_true", help="ignore saved states (the run folder must be new)"
+    )
+    parser.add_argument(
+        "--export_fused",
+        nargs="?",
+        const="last",
+        choices=("last", "best"),
+        help="only write models/fused.pth from the run's last (default) or best EMA weights, then exit",
+    )
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def export_fused(config: TrainConfig, which: str) -> Path:
+    """The fused inference form of a run's EMA weights, as the plain state dict model_zoo/ and test_demo use."""
+    from models import fuse_model
+
+    run_dir = config.resolved_run_dir
+    source = run_dir / "models" / f"{which}.pth"
+    model = load_checkpoint(source, build_model(config))
+    path = save_atomic(fuse_model(model).state_dict(), run_dir / "models" / "fused.pth")
+    print(f"wrote {path} (fused form of {source})")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("stage", "config", "resume", "restart", "export_fused")
+    }
+    config_path = args.config or default_config_path(args.stage)
+    config = load_config(config_path, overrides)
+    if config.stage != args.stage and args.config is None:
+        raise UserError(
+            f"{config_path}: says stage {config.stage!r}, but --stage is {args.stage!r}; fix the file"
+        )
+    run_dir = config.resolved_run_dir
+    saved = run_dir / "config.yml"
+    if args.export_fused:
+        if saved.is_file() and args.config is None:  # export what the run trained, not the stage defaults
+            config = TrainConfig(
+                **{
+                    **yaml.safe_load(saved.read_text()),
+                    **{k: v for k, v in overrides.items() if v is not None},
+                }
+            )
+            validate(config, saved)
+        export_fused(config, args.export_fused)
+        return 0
+    found = latest_resumable(run_dir)
+    if args.resume and found is None:
+        raise UserError(
+            f"{run_dir}: no saved training state to resume from; drop --resume to start a new run"
+        )
+    if args.restart and found is not None:
+        raise UserError(
+            f"{run_dir}: holds a run (iteration {found}); choose another --run_dir or --name to restart"
+        )
+    Trainer(config, resume=not args.restart).run()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

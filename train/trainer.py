@@ -1,0 +1,345 @@
+"""The training loop: data, step, EMA, validation, checkpoints, exact resume, DDP.
+
+Exact resume rests on two facts: training sample k is a pure function of (seed, k) (data/datasets.py), and every
+other piece of state (weights, EMA, optimizer, schedule, random generators) is saved together at an iteration.
+So a run killed at any point and resumed from its newest state computes the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from data.datasets import PatchDataset, ValidationSet
+from data.prepare import prepare_pairs
+from models import LKDN, fuse_model
+from train import state as run_state
+from train.config import TrainConfig
+from train.distributed import DistInfo, barrier, init_distributed, shutdown
+from train.ema import EMA
+from train.optim import build_loss, build_optimizer, build_scheduler
+from utils.checkpoint import load_checkpoint, load_state, save_atomic
+from utils.device import resolve_device
+from utils.errors import UserError
+from utils.image_io import to_tensor, to_uint8
+from utils.metrics import psnr_y
+
+log = logging.getLogger("lkdn.train")
+
+
+class StepBatches(Sampler[list[int]]):
+    """This rank's share of the global batch of every step from `start`: indices step*B .. step*B+B-1."""
+
+    def __init__(self, start: int, total: int, global_batch: int, info: DistInfo) -> None:
+        if global_batch % info.world_size:
+            raise UserError(
+                f"batch_size {global_batch} does not split over {info.world_size} processes; "
+                "use a multiple of the process count"
+            )
+        self.start, self.total, self.global_batch = start, total, global_batch
+        self.local = global_batch // info.world_size
+        self.offset = info.rank * self.local
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.total):
+            first = step * self.global_batch + self.offset
+            yield list(range(first, first + self.local))
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def build_model(config: TrainConfig) -> LKDN:
+    return LKDN(
+        num_feat=config.num_feat,
+        num_blocks=config.num_blocks,
+        scale=config.scale,
+        attention=config.attention,
+        shallow=config.shallow,
+        online_fusion=config.online_fusion,
+    )
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _setup_logging(run_dir: Path, info: DistInfo) -> None:
+    log.handlers.clear()
+    log.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    log.propagate = False
+    if not info.is_main:
+        return
+    file_handler = logging.FileHandler(run_dir / "train.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(file_handler)
+
+    class TqdmHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(self.format(record))
+
+    log.addHandler(TqdmHandler())
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"{run_dir}: the run folder is not writable ({err.strerror}); pass a writable --run_dir"
+        ) from None
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: scalars only when tensorboard is installed
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+@torch.no_grad()
+def validate(model: LKDN, val_dirs: list[str], scale: int, device: torch.device) -> dict[str, float]:
+    """Mean Y-channel PSNR (border = scale, uint8 outputs) of the fused `model` on each validation folder."""
+    fused = fuse_model(model).to(device).eval()
+    results = {}
+    for folder in val_dirs:
+        scores = []
+        for _name, lr, hr in ValidationSet(Path(folder), scale):
+            with torch.inference_mode():
+                sr = fused(to_tensor(lr).to(device))
+            scores.append(psnr_y(to_uint8(sr), hr, border=scale))
+        results[Path(folder).name] = float(np.mean(scores))
+    return results
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = True) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise UserError(
+                "--precision fp16 needs a CUDA GPU (it uses a gradient scaler); use bf16 on a CPU"
+            )
+        self.info = init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.info.enabled:
+            self.device = torch.device("cuda", self.info.local_rank)
+        self.run_dir = config.resolved_run_dir
+        if self.info.is_main:
+            _prepare_run_dir(self.run_dir)
+        barrier(self.info)
+        _setup_logging(self.run_dir, self.info)
+
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config)
+        self.start = 0
+        self.best = -math.inf
+        resume_at = run_state.latest_resumable(self.run_dir) if resume else None
+        if resume_at is None and config.init_from:
+            load_checkpoint(config.init_from, self.model)
+            log.info("initialised from %s", config.init_from)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.ema = EMA(self.model, config.ema_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        if resume_at is not None:
+            self._resume(resume_at)
+        self.ddp = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.info.enabled
+            else self.model
+        )
+        self.loss_fn = build_loss(config)
+        if self.info.is_main:
+            (self.run_dir / "config.yml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    def _resume(self, iteration: int) -> None:
+        weights, state = run_state.load_iteration(self.run_dir, iteration)
+        source = run_state.weights_path(self.run_dir, iteration)
+        load_state(self.model, weights["params"], source)
+        self.ema.load_state_dict(weights["params_ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        run_state.restore_rng_states(state["rng"])
+        self.start, self.best = state["iteration"], state["best"]
+        log.info("resumed from %s at iteration %d", source, iteration)
+
+    def _weights(self) -> dict:
+        return {"params": self.model.state_dict(), "params_ema": self.ema.state_dict()}
+
+    def save(self, iteration: int) -> None:
+        state = {
+            "iteration": iteration,
+            "best": self.best,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": run_state.rng_states(),
+            "config": self.config.to_dict(),
+        }
+        run_state.save_iteration(self.run_dir, iteration, self._weights(), state, self.config.keep_last)
+        log.info("saved iteration %d", iteration)
+
+    def export_fused(self) -> Path:
+        path = save_atomic(fuse_model(self.ema.model).state_dict(), self.run_dir / "models" / "fused.pth")
+        log.info("exported the fused EMA weights to %s", path)
+        return path
+
+    def _data(self) -> DataLoader:
+        config = self.config
+        cache = Path(config.cache_dir)
+        min_size = config.lr_patch * config.scale
+        if self.info.is_main:  # rank 0 makes the LR cache, the others reuse it
+            pairs = prepare_pairs(config.train_sources, cache, config.scale, min_size=min_size)
+        barrier(self.info)
+        if not self.info.is_main:
+            pairs = prepare_pairs(config.train_sources, cache, config.scale, min_size=min_size)
+        log.info(
+            "training images: %d (%d skipped: smaller than the %d-pixel HR patch)",
+            len(pairs),
+            pairs.skipped_small,
+            min_size,
+        )
+        dataset = PatchDataset(
+            pairs, config.lr_patch, config.scale, config.seed, config.augment, config.in_memory
+        )
+        sampler = StepBatches(self.start, config.total_iters, config.batch_size, self.info)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=config.num_workers > 0,
+        )
+
+    def _reduced(self, loss: torch.Tensor) -> float:
+        if self.info.enabled:
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.info.world_size
+        return loss.item()
+
+    def _out_of_time(self, started: float) -> bool:
+        if self.config.max_minutes <= 0:
+            return False
+        over = torch.tensor(float(time.monotonic() - started > 60 * self.config.max_minutes))
+        if self.info.enabled:  # every rank must stop at the same step
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        return bool(over.item())
+
+    def _validate(self, iteration: int, writer) -> None:
+        scores = validate(self.ema.model, self.config.val_dirs, self.config.scale, self.device)
+        mean = float(np.mean(list(scores.values())))
+        text = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+        if mean > self.best:
+            self.best = mean
+            save_atomic(self._weights(), self.run_dir / "models" / "best.pth")
+            text += " (best)"
+        log.info("validation at %d, PSNR_Y of the EMA weights: %s", iteration, text)
+        if writer is not None:
+            for name, value in scores.items():
+                writer.add_scalar(f"val/psnr_y/{name}", value, iteration)
+
+    def _diverged(self, iteration: int) -> UserError:
+        last = run_state.latest_resumable(self.run_dir)
+        kept = (
+            f"the last good checkpoint is iteration {last} in {self.run_dir}"
+            if last
+            else "no checkpoint was saved"
+        )
+        return UserError(
+            f"{self.run_dir}: the loss became NaN or infinite at iteration {iteration}; stopped, {kept}; "
+            "lower --lr (or use fp32) and resume"
+        )
+
+    def run(self) -> int:
+        """Train to total_iters (or max_minutes); returns the last iteration reached."""
+        config, info = self.config, self.info
+        loader = self._data()
+        writer = _tensorboard(self.run_dir) if info.is_main else None
+        log.info(
+            "training %s from iteration %d to %d on %s x%d process(es), precision %s, online fusion %s",
+            config.name,
+            self.start,
+            config.total_iters,
+            self.device,
+            info.world_size,
+            config.precision,
+            config.online_fusion,
+        )
+        started = time.monotonic()
+        bar = tqdm(total=config.total_iters, initial=self.start, disable=not info.is_main, dynamic_ncols=True)
+        iteration, window = self.start, []
+        self.model.train()
+        try:
+            for lr_batch, hr_batch in loader:
+                lr_batch = lr_batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                hr_batch = hr_batch.to(self.device, non_blocking=True)
+                with _autocast(config, self.device):
+                    sr = self.ddp(lr_batch)
+                loss = self.loss_fn(sr.float(), hr_batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.ema.update(self.model)
+                value = self._reduced(loss)
+                if not math.isfinite(value):
+                    raise self._diverged(iteration + 1)
+                iteration += 1
+                window.append(value)
+                bar.update()
+                learning_rate = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{learning_rate:.2e}", refresh=False)
+                if iteration % config.log_every == 0:
+                    log.info("iter %d loss %.5f lr %.3e", iteration, float(np.mean(window)), learning_rate)
+                    if writer is not None:
+                        writer.add_scalar("train/loss", float(np.mean(window)), iteration)
+                        writer.add_scalar("train/lr", learning_rate, iteration)
+                    window = []
+                out_of_time = self._out_of_time(started)
+                finished = iteration == config.total_iters
+                if info.is_main and (iteration % config.val_every == 0 or finished) and config.val_dirs:
+                    self._validate(iteration, writer)  # before saving, so the saved state knows the best
+                if info.is_main and (iteration % config.save_every == 0 or finished or out_of_time):
+                    self.save(iteration)
+                barrier(info)
+                if out_of_time:
+                    log.info(
+                        "stopping at iteration %d: max_minutes %.1f reached", iteration, config.max_minutes
+                    )
+                    break
+            if info.is_main and iteration == config.total_iters:
+                self.export_fused()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            shutdown(info)
+        return iteration
