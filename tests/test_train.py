@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import signal
@@ -266,6 +267,8 @@ def test_export_fused_matches_the_ema_weights(tiny_data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (run / "models" / "fused.pth").is_file() and (run / "models" / "best.pth").is_file()
     assert "validation at 3" in (run / "train.log").read_text()
+    if importlib.util.find_spec("tensorboard") is not None:  # scalars are written only where it is installed
+        assert any((run / "tensorboard").glob("events.out.tfevents.*"))
     (run / "models" / "fused.pth").unlink()
     exported = _train(["--run_dir", str(run), "--export_fused"])
     assert exported.returncode == 0, exported.stderr
