@@ -325,7 +325,11 @@ class Trainer:
                     window = []
                 out_of_time = self._out_of_time(started)
                 finished = iteration == config.total_iters
-                if info.is_main and (iteration % config.val_every == 0 or finished) and config.val_dirs:
+                if (
+                    info.is_main
+                    and (iteration % config.val_every == 0 or finished or out_of_time)
+                    and config.val_dirs
+                ):
                     self._validate(iteration, writer)  # before saving, so the saved state knows the best
                 if info.is_main and (iteration % config.save_every == 0 or finished or out_of_time):
                     self.save(iteration)
