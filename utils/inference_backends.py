@@ -1,12 +1,23 @@
 """Inference backends: how a fused LKDN is run. Every entry point gets its runner from `make_runner`.
 
-`reference` runs the readable module form (the target of the golden tests); faster paths are derived from it
-and checked against it.
+- `reference`: the readable module form (the target of the golden tests); on any device.
+- `fast`: `utils.fast_lkdn.FastLKDN`, the same network with fewer passes over memory (NHWC matrix products,
+  folded first conv, no concatenations, oneDNN-fused bias/GELU/product on a CPU); on any device, fastest on
+  a CPU (benchmarks/bench_inference.py).
+- `onnxruntime`: the exported ONNX graph (utils.onnx_export), exported and verified on first use, or an
+  existing .onnx file (`onnx_path`); float32 only.
+- `auto`: `fast` on a CPU; `reference` elsewhere, so a GPU never gets a path that was only measured on a CPU.
+
+`precision="bf16"` (opt-in; reference and fast) runs weights and activations in bfloat16 and returns
+float32; its PSNR cost is measured by benchmarks/bf16_psnr.py. Every runner is a callable on a Bx3xHxW
+tensor in [0, 1] on the runner's device, returning Bx3x(sH)x(sW) float32, and says in `.name` what ran.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -14,7 +25,9 @@ from torch import Tensor
 
 from models import LKDN
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "fast", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Runner(Protocol):
@@ -25,21 +38,79 @@ class Runner(Protocol):
 
 @dataclass
 class ModuleRunner:
-    """Runs a module under inference_mode on the module's device."""
+    """Runs a module under inference_mode in `dtype`; returns float32."""
 
     module: torch.nn.Module
     name: str
+    dtype: torch.dtype = torch.float32
 
     def __call__(self, lr: Tensor) -> Tensor:
         with torch.inference_mode():
-            return self.module(lr)
+            return self.module(lr.to(self.dtype)).float()
 
 
-def make_runner(model: LKDN, device: torch.device | str = "cpu", backend: str = "auto") -> Runner:
-    """A callable running the fused `model` on `device` with `backend` ("auto" picks the fastest exact one)."""
+@dataclass
+class OnnxRunner:
+    """Runs an onnxruntime session; tensors go through host memory (numpy) and come back on `device`."""
+
+    session: object
+    device: torch.device
+    name: str = "onnxruntime"
+
+    def __call__(self, lr: Tensor) -> Tensor:
+        x = lr.detach().to("cpu", torch.float32).contiguous().numpy()
+        (y,) = self.session.run(None, {self.session.get_inputs()[0].name: x})
+        return torch.from_numpy(y).to(self.device)
+
+
+def default_backend(device: torch.device | str) -> str:
+    """What `auto` picks: the fast path where it was measured faster (a CPU), the module form elsewhere."""
+    return "fast" if torch.device(device).type == "cpu" else "reference"
+
+
+def _onnx_runner(model: LKDN, device: torch.device, onnx_path: str | Path | None) -> OnnxRunner:
+    from utils.onnx_export import export_onnx, ort_session, verify_onnx
+
+    if onnx_path is None:
+        data, _ = export_onnx(model)
+        return OnnxRunner(ort_session(data, device), device)
+    session = ort_session(onnx_path, device)
+    verify_onnx(session, model, shapes=((1, 3, 16, 24),))  # an .onnx of other weights fails here
+    return OnnxRunner(session, device, f"onnxruntime ({Path(onnx_path).name})")
+
+
+def make_runner(
+    model: LKDN,
+    device: torch.device | str = "cpu",
+    backend: str = "auto",
+    precision: str = "fp32",
+    onnx_path: str | Path | None = None,
+) -> Runner:
+    """A callable running the fused `model` on `device` with `backend` ("auto" picks the fastest exact one).
+
+    The reference backend moves `model` itself to `device`; the others leave it where it is.
+    """
     if not model.fused:
         raise ValueError("make_runner expects the fused model (models.fuse_model)")
-    model = model.to(device).eval()
-    if backend in ("auto", "reference"):
-        return ModuleRunner(model, "reference")
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    chosen = default_backend(device) if backend == "auto" else backend
+    dtype = _DTYPES[precision]
+    suffix = "" if precision == "fp32" else f"+{precision}"
+    if chosen == "onnxruntime":
+        if precision != "fp32":
+            raise ValueError("the onnxruntime backend runs float32 only; use precision='fp32'")
+        return _onnx_runner(model, device, onnx_path)
+    if onnx_path is not None:
+        raise ValueError("onnx_path is for the onnxruntime backend")
+    if chosen == "fast":
+        from utils.fast_lkdn import FastLKDN
+
+        return ModuleRunner(FastLKDN(model).to(device, dtype).eval(), "fast" + suffix, dtype)
+    module = (
+        model.to(device).eval() if dtype == torch.float32 else copy.deepcopy(model).to(device, dtype).eval()
+    )
+    return ModuleRunner(module, "reference" + suffix, dtype)
