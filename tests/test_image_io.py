@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import zlib
 
@@ -263,3 +265,12 @@ def test_image_to_tensor_and_quantize(rgb):
         32768,
         65535,
     ]  # 32767.5: half to even
+
+
+def test_written_files_get_ordinary_permissions(tmp_path, rgb):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_image(tmp_path / "a.png", rgb)
+    write_rgb(tmp_path / "b.png", rgb)
+    for name in ("a.png", "b.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask

@@ -12,9 +12,10 @@ itself (`exif_orientation`) and turns the pixels upright.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,18 +65,20 @@ def write_rgb(path: str | Path, img: np.ndarray) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: never a half-written file at `path`."""
-    tmp = None
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        # os.open with 0o666 gives the permissions of any new file (umask applied); mkstemp's are 0o600
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        reason = err.strerror or err
-        raise UserError(f"{path}: cannot write the image ({reason}); choose a writable folder") from err
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            reason = err.strerror or err
+            raise UserError(f"{path}: cannot write the image ({reason}); choose a writable folder") from err
+        raise
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,279 @@
+"""Upscale your own images with LKDN: files, folders or globs in, <name>_x4 images of the same format out.
+
+    python inference.py -i photo.jpg -o upscaled/
+    python inference.py -i photos/ -o upscaled/ [--model_path file.pth] [--device cuda] [--max-memory 4G]
+    python inference.py -i "scans/**/*.tif" -o upscaled/
+
+8- and 16-bit PNG, JPEG, BMP, TIFF and WebP. Colour goes through the network; grayscale goes through it as RGB
+and is written back as grayscale (the mean of the three output channels); an alpha channel is upscaled with
+MATLAB's bicubic; the EXIF orientation is applied, so outputs are upright. 16-bit images run on [0, 1] floats
+from their 16-bit values and are written in 16 bits.
+
+Images too large for --max-memory run in tiles with the network's receptive-field radius as overlap, so the
+output equals the whole-image output (up to float rounding): no seams. A file that cannot be read or written is
+reported and skipped; the exit code is 2 if any failed. Inputs are never overwritten; outputs are written
+atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models import BUNDLED_CHECKPOINT, LKDN
+from utils.checkpoint import build_model_from_checkpoint, config_name
+from utils.device import resolve_device
+from utils.errors import EXIT_USER_ERROR, UserError, run_cli
+from utils.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
+from utils.imresize import matlab_imresize
+from utils.inference_backends import BACKENDS, Runner, make_runner
+from utils.tiling import receptive_radius, tiled_forward
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_MEMORY = "2G"
+# Peak working memory of one forward pass per LR pixel, in float32 feature maps of num_feat channels (plus the
+# float32 output). Measured with benchmarks/inference_memory.py (CPU, process peak above the memory in use before
+# the pass, LR sizes 128-768): LKDN-S 9-26 maps (reference backend) and 9-15 (fast); LKDN 17-30 and 9-15. The
+# live tensors alone (what a GPU's caching allocator sees) are about 9 maps. 32 covers every measurement.
+FEATURE_MAPS_AT_PEAK = 32
+MIN_TILE = 16  # LR pixels: smaller cores would spend nearly all the work on overlap
+ALPHA_CONTEXT = 4  # LR pixels of context for tiled bicubic alpha: the cubic kernel reaches 2 pixels
+_UNITS = {"": 1024**2, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+
+
+def collect_inputs(specs: list[str]) -> list[Path]:
+    """Image files named by `specs`: files as given, folders' images (not recursive), glob matches (sorted)."""
+    found: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise UserError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder; check -i")
+            found += images
+        elif path.exists():
+            found.append(path)
+        elif glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+            images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise UserError(f"{spec}: no image file matches this pattern; check -i")
+            found += images
+        else:
+            raise UserError(f"{spec}: no such file or folder; check -i")
+    unique = {p.resolve(): p for p in found}  # a file named twice is upscaled once
+    return list(unique.values())
+
+
+def output_path(src: Path, out_dir: Path, scale: int) -> Path:
+    return out_dir / f"{src.stem}_x{scale}{src.suffix}"
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from '2G', '512M', '1.5GiB', '800' (MB): powers of 1024."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--max-memory {text}: not a memory size; write e.g. 2G, 512M or 1.5G")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------------------------------- network
+
+
+def bytes_per_lr_pixel(model: LKDN) -> int:
+    """Estimated peak working memory of one forward pass per LR pixel (see FEATURE_MAPS_AT_PEAK)."""
+    return 4 * (FEATURE_MAPS_AT_PEAK * model.num_feat + 3 * model.scale**2)
+
+
+def plan_tile(height: int, width: int, radius: int | None, per_pixel: int, max_memory: int) -> int:
+    """The LR core tile size for an image: the whole image when it fits `max_memory`, else the largest square core
+    whose window (core + 2 * radius) fits."""
+    if height * width * per_pixel <= max_memory:
+        return max(height, width)
+    budget = format_bytes(max_memory)
+    if radius is None:
+        raise UserError(
+            f"--max-memory {budget}: a {width}x{height} image does not fit and this model's attention pools over "
+            "the whole image, so it cannot be tiled exactly; raise --max-memory"
+        )
+    tile = math.isqrt(max_memory // per_pixel) - 2 * radius
+    if tile < MIN_TILE:
+        needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)
+        raise UserError(
+            f"--max-memory {budget}: too small to tile this model (needs {needed} or more); raise it"
+        )
+    return tile
+
+
+@dataclass
+class Upscaler:
+    """The network with its runner and what tiling needs to know."""
+
+    runner: Runner
+    device: torch.device
+    scale: int
+    radius: int | None  # LR receptive-field radius: the exact tile overlap (None: not tileable)
+    per_pixel: int  # estimated bytes of working memory per LR pixel
+    max_memory: int
+
+    def tile_for(self, height: int, width: int) -> int:
+        return plan_tile(height, width, self.radius, self.per_pixel, self.max_memory)
+
+    def run(self, lr: torch.Tensor, tile: int, finish: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+        """The network on a 1x3xHxW CPU tensor, in LR tiles of `tile` pixels; each tile's output goes through
+        `finish` on the device (e.g. quantization, so the full-size result is integers) and comes back to the
+        CPU."""
+        overlap = self.radius or 0
+        with torch.inference_mode():
+            return tiled_forward(
+                lambda window: finish(self.runner(window.to(self.device))).cpu(),
+                lr,
+                tile,
+                overlap,
+                self.scale,
+            )
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int, tile: int) -> np.ndarray:
+    """MATLAB-bicubic upscaling of an HxW alpha channel, in tiles of `tile` pixels (exact: the cubic kernel's
+    reach is inside ALPHA_CONTEXT)."""
+
+    def resize(window: torch.Tensor) -> torch.Tensor:
+        out = matlab_imresize(window[0, 0].numpy().astype(alpha.dtype), scale)
+        return torch.from_numpy(out.astype(np.int32))[None, None]
+
+    planes = torch.from_numpy(alpha.astype(np.int32))[None, None]
+    return tiled_forward(resize, planes, tile, ALPHA_CONTEXT, scale)[0, 0].numpy().astype(alpha.dtype)
+
+
+def upscale_image(image: DecodedImage, upscaler: Upscaler) -> tuple[np.ndarray, int]:
+    """(the upscaled pixels, ready for write_image, in the image's dtype and layout; the LR tile size used)."""
+    height, width = image.rgb.shape[:2]
+    tile = upscaler.tile_for(height, width)
+    dtype = image.rgb.dtype
+
+    def finish(sr: torch.Tensor) -> torch.Tensor:
+        return quantize(sr.mean(dim=1, keepdim=True) if image.grayscale else sr, dtype)
+
+    out = upscaler.run(image_to_tensor(image.rgb), tile, finish)[0].numpy().astype(dtype, copy=False)
+    if image.grayscale:
+        return out[0], tile
+    pixels = out.transpose(1, 2, 0)
+    if image.alpha is not None:
+        pixels = np.dstack([pixels, upscale_alpha(image.alpha, upscaler.scale, tile)])
+    return np.ascontiguousarray(pixels), tile
+
+
+def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
+    path = Path(args.model_path) if args.model_path else BUNDLED_CHECKPOINT
+    if args.model_path is None and not path.is_file():
+        raise UserError(
+            f"{path}: the bundled checkpoint is not there (the trained weights are not in model_zoo/ yet); "
+            "pass a checkpoint with --model_path <file.pth>, e.g. the authors' LKDN-S_x4.pth"
+        )
+    model = build_model_from_checkpoint(path, fused=True)
+    device = resolve_device(args.device)
+    try:
+        runner = make_runner(model, device, args.backend)
+    except ValueError as err:
+        raise UserError(f"--backend {args.backend}: {err}") from None
+    radius, per_pixel = receptive_radius(model), bytes_per_lr_pixel(model)
+    if radius is not None and args.max_memory < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
+        needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)
+        raise UserError(
+            f"--max-memory {format_bytes(args.max_memory)}: too small for one tile of this model "
+            f"({MIN_TILE} LR pixels and {radius} of overlap on each side need {needed}); raise it"
+        )
+    return Upscaler(runner, device, model.scale, radius, per_pixel, args.max_memory), model, path
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "-i",
+        "--input",
+        nargs="+",
+        required=True,
+        help="image files, folders or glob patterns (quote patterns)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the upscaled images")
+    p.add_argument("--model_path", help=f"checkpoint (default: model_zoo/{BUNDLED_CHECKPOINT.name})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--backend", default="auto", help=f"{', '.join(BACKENDS)} (default auto: the fastest exact one)"
+    )
+    p.add_argument(
+        "--max-memory",
+        "--max_memory",
+        dest="max_memory",
+        default=DEFAULT_MAX_MEMORY,
+        help="working memory of one network pass; larger images are tiled to fit (e.g. 512M, 4G; default "
+        f"{DEFAULT_MAX_MEMORY}). The input and output images themselves come on top",
+    )
+    args = p.parse_args(argv)
+    args.max_memory = parse_memory(args.max_memory)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    inputs = collect_inputs(args.input)
+    upscaler, model, checkpoint = load_upscaler(args)
+    print(
+        f"{config_name(model.num_feat, model.num_blocks)} x{model.scale} from {checkpoint}: device {upscaler.device}, "
+        f"backend {upscaler.runner.name}, max memory {format_bytes(args.max_memory)}; "
+        f"{len(inputs)} image{'s' * (len(inputs) != 1)} -> {args.output}"
+    )
+    protected = {p.resolve() for p in inputs}
+    written: dict[Path, Path] = {}
+    failed = 0
+    for src in tqdm(inputs, desc="upscaling", unit="image", file=sys.stderr):
+        dst = output_path(src, args.output, model.scale)
+        try:
+            if dst.resolve() in protected:
+                raise UserError(f"{src}: its output {dst} is an input image; choose another -o")
+            if dst.resolve() in written:
+                raise UserError(
+                    f"{src}: its output {dst} is also {written[dst.resolve()]}'s; upscale them apart"
+                )
+            image = read_image(src)
+            try:
+                pixels, tile = upscale_image(image, upscaler)
+            except (torch.OutOfMemoryError, MemoryError):
+                raise UserError(f"{src}: out of memory; pass a smaller --max-memory") from None
+            write_image(dst, pixels)
+            written[dst.resolve()] = src
+            height, width = image.rgb.shape[:2]
+            if tile < max(height, width):
+                tiles = math.ceil(height / tile) * math.ceil(width / tile)
+                tqdm.write(f"{src}: {width}x{height} in {tiles} tiles of {tile} LR pixels (--max-memory)")
+        except UserError as err:
+            tqdm.write(f"failed: {err}", file=sys.stderr)
+            failed += 1
+    print(f"{len(inputs) - failed} of {len(inputs)} upscaled x{model.scale} into {args.output}", end="")
+    print(f"; {failed} failed (listed above)" if failed else "")
+    return EXIT_USER_ERROR if failed else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
