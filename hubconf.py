@@ -1,0 +1,78 @@
+"""torch.hub entry points: the fused LKDN-S with this repository's weights, and the paper's LKDN.
+
+    model = torch.hub.load("path/to/this/repo", "lkdn_s", source="local")             # bundled x4 weights
+    model = torch.hub.load("path/to/this/repo", "lkdn", source="local", weights="LKDN_x4.pth")
+
+Both return the inference (fused) form in eval mode, taking (B, 3, H, W) RGB in [0, 1] and returning
+(B, 3, sH, sW) unclamped (clamp before saving). `weights` is any checkpoint the loader accepts (training or fused
+form, a plain or BasicSR-style state dict); a training-form checkpoint is fused on loading.
+
+This file imports the repository's `models` and `utils` packages by those names: in a process that has already
+imported other modules called `models` or `utils` (another hub repository's), load this one in a fresh process.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib as _pathlib
+
+import models as _models
+from utils import checkpoint as _checkpoint
+from utils import errors as _errors
+
+# Every public callable here is an entry point (torch.hub.list): imports stay private, under modules' names.
+dependencies = ["torch"]  # what importing this file and building the models needs
+
+
+def _weights_path(name: str, pretrained: bool, weights: str | os.PathLike | None, scale: int):
+    if weights is not None:
+        return _pathlib.Path(weights)
+    if not pretrained:
+        return None
+    if name != "lkdn_s":
+        raise _errors.UserError(
+            f"{name}: this repository bundles no weights for it; pass weights=<path of a checkpoint>, e.g. the "
+            "authors' LKDN_x4.pth"
+        )
+    if scale != 4:
+        raise _errors.UserError(
+            f"lkdn_s: the bundled checkpoint is x4, not x{scale}; pass weights=<x{scale} checkpoint>"
+        )
+    bundled = _models.BUNDLED_CHECKPOINT
+    if not bundled.is_file():
+        raise _errors.UserError(
+            f"{bundled}: the bundled checkpoint is not there (the trained weights are not in "
+            "model_zoo/ yet); pass weights=<path of a checkpoint>, e.g. the authors' LKDN-S_x4.pth"
+        )
+    return bundled
+
+
+def _build(
+    name: str, model: _models.LKDN, pretrained: bool, weights: str | os.PathLike | None
+) -> _models.LKDN:
+    path = _weights_path(name, pretrained, weights, model.scale)
+    if path is None:
+        return model
+    return _checkpoint.load_checkpoint(path, model).eval()
+
+
+def lkdn_s(
+    pretrained: bool = True, weights: str | os.PathLike | None = None, scale: int = 4, fused: bool = True
+) -> _models.LKDN:
+    """LKDN-S, the NTIRE 2023 Efficient SR entry (42 channels, 5 blocks).
+
+    pretrained: load the bundled x4 checkpoint (model_zoo/); weights: load this checkpoint instead; neither:
+    random initialization. fused=False builds the training form (for fine-tuning; takes training-form weights).
+    """
+    return _build("lkdn_s", _models.lkdn_s(scale=scale, fused=fused), pretrained, weights)
+
+
+def lkdn(
+    scale: int = 4, pretrained: bool = False, weights: str | os.PathLike | None = None, fused: bool = True
+) -> _models.LKDN:
+    """LKDN, the CVPRW 2023 paper's configuration (56 channels, 8 blocks), x2, x3 or x4.
+
+    No weights are bundled for it: pass weights=<checkpoint path> (e.g. the authors' LKDN_x4.pth) for a trained
+    model; without them the model is randomly initialized.
+    """
+    return _build("lkdn", _models.lkdn(scale=scale, fused=fused), pretrained, weights)
