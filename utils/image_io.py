@@ -256,9 +256,10 @@ def read_image(path: str | Path) -> DecodedImage:
     raise UserError(f"{path}: {img.shape[2]} channels are not supported; convert it to RGB or RGBA")
 
 
-def write_image(path: str | Path, pixels: np.ndarray) -> None:
+def write_image(path: str | Path, pixels: np.ndarray, params: tuple[int, ...] = ()) -> None:
     """Encode an HxW (grayscale), HxWx3 (RGB) or HxWx4 (RGBA) uint8 or uint16 image (format from the suffix)
-    atomically; refuses what opencv would silently degrade (16 bits outside PNG/TIFF, alpha in JPEG)."""
+    atomically; refuses what opencv would silently degrade (16 bits outside PNG/TIFF, alpha in JPEG). `params`
+    go to cv2.imencode (e.g. (cv2.IMWRITE_PNG_COMPRESSION, 9))."""
     path = Path(path)
     channels = 1 if pixels.ndim == 2 else pixels.shape[2] if pixels.ndim == 3 else 0
     if pixels.dtype not in SAMPLE_MAX or channels not in (1, 3, 4):
@@ -273,7 +274,7 @@ def write_image(path: str | Path, pixels: np.ndarray) -> None:
     if channels > 1:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR if channels == 3 else cv2.COLOR_RGBA2BGRA)
     try:
-        ok, encoded = cv2.imencode(suffix, pixels)
+        ok, encoded = cv2.imencode(suffix, pixels, list(params))
     except cv2.error:  # no encoder for this suffix
         ok = False
     if not ok:
