@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, MODEL_NAME, TEAM_NUMBER
+from utils.atomic_write import write_text_atomic
 from utils.checkpoint import build_model_from_checkpoint
 from utils.errors import UserError, run_cli
 from utils.image_io import read_rgb, read_size, to_tensor, to_uint8, write_rgb
@@ -307,23 +306,6 @@ def complexity(selected: Selected) -> dict:
 # ----------------------------------------------------------------------------------------------------- output
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise UserError(
-            f"{path.parent}: cannot write there ({err.strerror}); choose a writable --save_dir"
-        ) from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_results(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -543,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     entry.update(complexity(selected))
     results[selected.name] = entry
-    _write_atomic(results_path, json.dumps(results, indent=2))
+    write_text_atomic(results_path, json.dumps(results, indent=2))
 
     log.info("")
     log_complexity(entry)
@@ -556,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         test_mode = "hybrid_test" if args.hybrid_test else "test" if args.include_test else None
         table = results_table(results, test_mode)
-        _write_atomic(args.save_dir / "results.txt", table)
+        write_text_atomic(args.save_dir / "results.txt", table)
         log.info("\n" + table.rstrip())
     if device.type == "cpu":
         log.info(f"note: {CPU_TIME_NOTE}")

@@ -21,7 +21,8 @@ import torch
 
 import test_demo
 from models import BUNDLED_CHECKPOINT, LKDN, MODEL_NAME
-from utils.checkpoint import build_model_from_checkpoint, save_atomic
+from utils.atomic_write import save_atomic
+from utils.checkpoint import build_model_from_checkpoint
 from utils.image_io import read_rgb, to_tensor
 from utils.imresize import matlab_imresize
 from utils.inference_backends import make_runner

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.checkpoint import save_atomic
+from utils.atomic_write import save_atomic
 from utils.errors import UserError
 
 _ITER_FILE = re.compile(r"^(?:net_)?(\d+)\.(?:pth|state)$")

@@ -20,7 +20,8 @@ import yaml
 from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config, validate
 from train.state import latest_resumable
 from train.trainer import Trainer, build_model
-from utils.checkpoint import load_checkpoint, save_atomic
+from utils.atomic_write import save_atomic
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, run_cli
 
 

@@ -30,7 +30,8 @@ from train.config import TrainConfig
 from train.distributed import DistInfo, barrier, init_distributed, shutdown
 from train.ema import EMA
 from train.optim import build_loss, build_optimizer, build_scheduler
-from utils.checkpoint import load_checkpoint, load_state, save_atomic
+from utils.atomic_write import save_atomic
+from utils.checkpoint import load_checkpoint, load_state
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.image_io import to_tensor, to_uint8

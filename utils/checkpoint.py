@@ -8,9 +8,7 @@ checkpoint, the first offending key and the configuration that would fit.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -135,23 +133,3 @@ def build_model_from_checkpoint(path: str | Path, fused: bool = True) -> LKDN:
         num_feat=found["num_feat"], num_blocks=found["num_blocks"], scale=found["scale"], fused=fused
     )
     return load_state(model, state, path)
-
-
-def save_atomic(obj: object, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise UserError(
-            f"{path.parent}: cannot write there ({err.strerror}); choose a writable folder"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -12,9 +12,6 @@ itself (`exif_orientation`) and turns the pixels upright.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from utils.atomic_write import write_bytes_atomic
 from utils.errors import UserError
 
 
@@ -61,24 +59,6 @@ def write_rgb(path: str | Path, img: np.ndarray) -> None:
     if not ok:
         raise UserError(f"{path}: cannot encode an image as '{path.suffix}'; use .png")
     write_bytes_atomic(path, encoded.tobytes())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file at `path`."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 gives the permissions of any new file (umask applied); mkstemp's are 0o600
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            reason = err.strerror or err
-            raise UserError(f"{path}: cannot write the image ({reason}); choose a writable folder") from err
-        raise
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

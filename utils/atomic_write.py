@@ -1,0 +1,48 @@
+"""Never a half-written output: every file this repository writes goes through `write_bytes_atomic`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, then rename over `path`.
+
+    A crash leaves the old file or the new one, never a mix. The file gets the permissions of any new file
+    (0o666 less the umask), not mkstemp's private 0o600. An OSError becomes a UserError naming the path.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(
+                f"{path}: cannot write it ({err.strerror or err}); choose a writable folder"
+            ) from None
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def save_atomic(obj: object, path: str | Path) -> Path:
+    """torch.save, atomically (checkpoints are a few MB: serialised in memory, then written)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
