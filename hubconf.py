@@ -38,13 +38,7 @@ def _weights_path(name: str, pretrained: bool, weights: str | os.PathLike | None
         raise _errors.UserError(
             f"lkdn_s: the bundled checkpoint is x4, not x{scale}; pass weights=<x{scale} checkpoint>"
         )
-    bundled = _models.BUNDLED_CHECKPOINT
-    if not bundled.is_file():
-        raise _errors.UserError(
-            f"{bundled}: the bundled checkpoint is not there (the trained weights are not in "
-            "model_zoo/ yet); pass weights=<path of a checkpoint>, e.g. the authors' LKDN-S_x4.pth"
-        )
-    return bundled
+    return _checkpoint.checkpoint_or_bundled(None, how_to_pass="weights=<path of a checkpoint>")
 
 
 def _build(

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, LKDN
-from utils.checkpoint import build_model_from_checkpoint, config_name
+from utils.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
 from utils.device import resolve_device
 from utils.errors import EXIT_USER_ERROR, UserError, run_cli
 from utils.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
@@ -182,12 +182,7 @@ def upscale_image(image: DecodedImage, upscaler: Upscaler) -> tuple[np.ndarray, 
 
 
 def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
-    path = Path(args.model_path) if args.model_path else BUNDLED_CHECKPOINT
-    if args.model_path is None and not path.is_file():
-        raise UserError(
-            f"{path}: the bundled checkpoint is not there (the trained weights are not in model_zoo/ yet); "
-            "pass a checkpoint with --model_path <file.pth>, e.g. the authors' LKDN-S_x4.pth"
-        )
+    path = checkpoint_or_bundled(args.model_path)
     model = build_model_from_checkpoint(path, fused=True)
     device = resolve_device(args.device)
     try:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, MODEL_NAME, TEAM_NUMBER
 from utils.atomic_write import write_text_atomic
-from utils.checkpoint import build_model_from_checkpoint
+from utils.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled
 from utils.errors import UserError, run_cli
 from utils.image_io import read_rgb, read_size, to_tensor, to_uint8, write_rgb
 from utils.imresize import matlab_imresize
@@ -93,12 +93,7 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
             f"--model_id {args.model_id}: unknown model; this entry is {TEAM_NUMBER} ({MODEL_NAME}), "
             "or use 'bicubic' for the baseline"
         )
-    path = Path(args.model_path) if args.model_path else BUNDLED_CHECKPOINT
-    if args.model_path is None and not path.is_file():
-        raise UserError(
-            f"{path}: the bundled checkpoint is missing (the trained weights are not in model_zoo/ "
-            "yet); pass a checkpoint with --model_path <file.pth>"
-        )
+    path = checkpoint_or_bundled(args.model_path)
     model = build_model_from_checkpoint(path, fused=True)
     if model.scale != SCALE:
         raise UserError(

@@ -80,7 +80,7 @@ def test_lkdn_s_without_the_bundled_checkpoint_says_how_to_pass_weights(tmp_path
     import models
 
     monkeypatch.setattr(models, "BUNDLED_CHECKPOINT", tmp_path / "team01_LKDN.pth")
-    with pytest.raises(UserError, match="team01_LKDN.pth: the bundled checkpoint is not there.*weights="):
+    with pytest.raises(UserError, match="team01_LKDN.pth: the bundled checkpoint is missing.*weights="):
         hub_load("lkdn_s", pretrained=True)
 
 

@@ -20,6 +20,7 @@ import torch
 from exif_files import encode_with_orientation
 
 import inference
+import models
 from models import LKDN
 from utils.checkpoint import build_model_from_checkpoint
 from utils.errors import UserError
@@ -311,9 +312,9 @@ def test_parse_memory_rejects_nonsense(text):
 
 
 def test_missing_bundled_checkpoint_says_how_to_pass_one(tmp_path, monkeypatch, crop):
-    monkeypatch.setattr(inference, "BUNDLED_CHECKPOINT", tmp_path / "team01_LKDN.pth")
+    monkeypatch.setattr(models, "BUNDLED_CHECKPOINT", tmp_path / "team01_LKDN.pth")
     write(tmp_path / "a.png", crop[..., ::-1])
-    with pytest.raises(UserError, match="team01_LKDN.pth: the bundled checkpoint is not there.*--model_path"):
+    with pytest.raises(UserError, match="team01_LKDN.pth: the bundled checkpoint is missing.*--model_path"):
         inference.main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out")])
 
 

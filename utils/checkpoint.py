@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+import models
 from models import LKDN, fuse_model
 from utils.errors import UserError
 
@@ -133,3 +134,16 @@ def build_model_from_checkpoint(path: str | Path, fused: bool = True) -> LKDN:
         num_feat=found["num_feat"], num_blocks=found["num_blocks"], scale=found["scale"], fused=fused
     )
     return load_state(model, state, path)
+
+
+def checkpoint_or_bundled(given: str | Path | None, how_to_pass: str = "--model_path <file.pth>") -> Path:
+    """`given`, or the bundled model_zoo/ checkpoint; a missing bundled one is a UserError saying how to pass one."""
+    if given is not None:
+        return Path(given)
+    bundled = models.BUNDLED_CHECKPOINT  # looked up at call time: tests point it elsewhere
+    if not bundled.is_file():
+        raise UserError(
+            f"{bundled}: the bundled checkpoint is missing; pass a checkpoint with {how_to_pass}, "
+            "e.g. the authors' LKDN-S_x4.pth (python -m utils.pretrained LKDN-S_x4)"
+        )
+    return bundled
