@@ -102,6 +102,15 @@ def test_onnxruntime_backend_refuses_an_onnx_file_of_other_weights(exported, tmp
         make_runner(other, "cpu", "onnxruntime", onnx_path=path)
 
 
+def test_onnxruntime_backend_refuses_a_file_that_is_no_onnx_model(small_model, tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match="broken.onnx: not a loadable ONNX model"):
+        make_runner(small_model, "cpu", "onnxruntime", onnx_path=path)
+    with pytest.raises(ValueError, match="not a loadable ONNX model"):
+        make_runner(small_model, "cpu", "onnxruntime", onnx_path=tmp_path / "missing.onnx")
+
+
 def test_cli_exports_the_authors_checkpoint(reference_dir, tmp_path):
     out = tmp_path / "lkdn_s.onnx"
     cmd = [

@@ -74,7 +74,10 @@ def _onnx_runner(model: LKDN, device: torch.device, onnx_path: str | Path | None
     if onnx_path is None:
         data, _ = export_onnx(model)
         return OnnxRunner(ort_session(data, device), device)
-    session = ort_session(onnx_path, device)
+    try:
+        session = ort_session(onnx_path, device)
+    except Exception as err:  # onnxruntime's errors have no common base class
+        raise ValueError(f"{onnx_path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
     verify_onnx(session, model, shapes=((1, 3, 16, 24),))  # an .onnx of other weights fails here
     return OnnxRunner(session, device, f"onnxruntime ({Path(onnx_path).name})")
 
@@ -88,7 +91,9 @@ def make_runner(
 ) -> Runner:
     """A callable running the fused `model` on `device` with `backend` ("auto" picks the fastest exact one).
 
-    The reference backend moves `model` itself to `device`; the others leave it where it is.
+    The reference backend moves `model` itself to `device`; the others leave it where it is. Raises
+    ValueError for an unknown backend or precision, and for an `onnx_path` that does not load or is not
+    this model (its output is checked on one small input).
     """
     if not model.fused:
         raise ValueError("make_runner expects the fused model (models.fuse_model)")

@@ -36,8 +36,8 @@ VERIFY_SHAPES = ((1, 3, 23, 40), (2, 3, 37, 19))  # two sizes, odd, batch > 1: w
 VERIFY_ATOL = 1e-4
 
 
-class OnnxVerificationError(RuntimeError):
-    """onnxruntime's output differs from PyTorch's beyond the tolerance: the export is wrong."""
+class OnnxVerificationError(ValueError):
+    """onnxruntime's output differs from PyTorch's beyond the tolerance: the graph is not this model."""
 
 
 class _Graph:
