@@ -314,6 +314,17 @@ def test_the_zip_holds_the_tex_sources_and_is_reproducible(inputs):
     assert _build(inputs).zip_path.read_bytes() == first
 
 
+def test_without_pdflatex_it_still_writes_the_tex_and_the_zip(inputs, monkeypatch):
+    import factsheet.build
+
+    monkeypatch.setattr(factsheet.build.shutil, "which", lambda name: None)
+    manifest = load_manifest(inputs, root=inputs.parents[1], model_name="netmodel")
+    built = build(manifest, out_dir=inputs.parents[1] / "out", main_tex=MAIN_TEX)
+    assert built.pdf_path is None and built.zip_path.is_file()
+    assert not (inputs.parents[1] / "out" / PDF_NAME).exists()
+    assert all(path.is_file() for path in built.tex_files)
+
+
 @pytest.mark.skipif(
     shutil.which("pdflatex") is None, reason="pdflatex is not installed (Debian: texlive-latex-*)"
 )
