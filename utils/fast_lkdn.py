@@ -158,8 +158,9 @@ class _FastBlock(nn.Module):
 
 
 class FastLKDN(nn.Module):
-    """The fused LKDN's function in a faster form. Weights are buffers copied from `model` at construction
-    (later changes to `model` are not seen); `.to(device, dtype)` moves them.
+    """The fused LKDN's function in a faster form, for inference (no autograd through the oneDNN ops).
+    Weights are buffers copied from `model` at construction (later changes to `model` are not seen);
+    `.to(device, dtype)` moves them.
 
     `cpu_fusions` (default: when oneDNN's fused ops exist) applies only to float32 tensors on a CPU.
     """
