@@ -45,7 +45,9 @@ def make_step(online_fusion: bool, bf16: bool, batch: int, lr_patch: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr_patch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)

@@ -237,7 +237,9 @@ def main() -> int:
         raise UserError("--step needs --crop-size; give both, or neither for whole images")
     start = time.perf_counter()
     pairs = prepare_pairs(args.hr, args.cache, scale=args.scale, min_size=args.min_size)
-    skipped = f"; {pairs.skipped_small} images below {args.min_size} px skipped" if pairs.skipped_small else ""
+    skipped = (
+        f"; {pairs.skipped_small} images below {args.min_size} px skipped" if pairs.skipped_small else ""
+    )
     print(
         f"{len(pairs)} pairs at x{args.scale}: {pairs.official} pre-made LR beside the HR, "
         f"{pairs.reused} cached LR reused, {pairs.generated} LR made into {args.cache}{skipped} "
@@ -248,8 +250,10 @@ def main() -> int:
         out_dir = args.cache / f"sub{args.crop_size}_step{step}_x{args.scale}"
         list_file = crop_subimages(pairs, out_dir, args.crop_size, step)
         count = sum(1 for _ in list_file.open())
-        print(f"{count} sub-images in {out_dir}; train with --hr {list_file} "
-              f"({time.perf_counter() - start:.1f} s in all)")
+        print(
+            f"{count} sub-images in {out_dir}; train with --hr {list_file} "
+            f"({time.perf_counter() - start:.1f} s in all)"
+        )
     return 0
 
 

@@ -69,7 +69,9 @@ def test_upscale_by_4_interpolates_a_ramp():
     u = np.arange(1, 81)  # 1-based output columns
     expected = u / 4 + 0.5 * (1 - 1 / 4) - 1  # their 0-based input coordinate
     interior = slice(12, 68)  # away from the replicated border, where the ramp bends
-    np.testing.assert_allclose(out[:, interior], np.broadcast_to(expected[interior], (36, 56)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        out[:, interior], np.broadcast_to(expected[interior], (36, 56)), rtol=0, atol=1e-12
+    )
 
 
 def test_integer_output_is_clipped_not_wrapped():

@@ -16,5 +16,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise UserError(f"--device {name}: not a device; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch is a CPU build); use --device cpu")
+        raise UserError(
+            f"--device {name}: this machine has no CUDA GPU (or torch is a CPU build); use --device cpu"
+        )
     return device
