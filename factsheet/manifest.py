@@ -6,9 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from utils.errors import UserError
+from utils.yaml_file import read_yaml_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTSHEET_DIR = ROOT / "factsheet"
@@ -109,14 +108,7 @@ def load_manifest(
         from models import MODEL_NAME
 
         model_name = MODEL_NAME
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(
-            f"{path}: cannot read the manifest ({err.strerror}); pass an existing --manifest"
-        ) from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
+    raw = read_yaml_mapping(path, "pass an existing --manifest")
     bench = _need(raw, "benchmark", "the manifest", path)
     rows = [_row(r, "benchmark row", path, root, model_name) for r in _need(bench, "rows", "benchmark", path)]
     challenge = _row(_need(raw, "challenge", "the manifest", path), "challenge", path, root, model_name)

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
 from utils.errors import UserError
+from utils.yaml_file import read_yaml_mapping
 
 _STAMP = r"(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:,\d+)? "
 _START = re.compile(
@@ -65,15 +64,7 @@ class RunSummary:
 
 
 def read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"{path}: cannot read it ({err.strerror}); check the path in the manifest") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of field: value; fix the file")
-    return data
+    return read_yaml_mapping(path, "check the path in the manifest")
 
 
 def _time(match: re.Match) -> datetime:

@@ -16,14 +16,6 @@ from utils.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hub_load(model: str, **kwargs) -> LKDN:
     return torch.hub.load(str(ROOT), model, source="local", **kwargs)
 

@@ -33,15 +33,6 @@ CHECKPOINT = "LKDN-S_del_rep_x4.pth"
 WHOLE_TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny images: one thread is faster, and on a busy machine much faster (no waiting on other threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(reference_dir) -> Path:
     return reference_dir / CHECKPOINT

@@ -13,9 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from utils.errors import UserError
+from utils.yaml_file import read_yaml_mapping
 
 TRAIN_DIR = Path(__file__).resolve().parent
 STAGES = ("scratch", "finetune")
@@ -120,16 +119,7 @@ def default_config_path(stage: str) -> Path:
 
 def load_config(path: Path, overrides: dict[str, object] | None = None) -> TrainConfig:
     """A config from a YAML file, then the non-None `overrides` on top; unknown keys are errors."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise UserError(
-            f"{path}: cannot read the config ({err.strerror}); pass an existing --config"
-        ) from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a config must be a mapping of field: value; fix the file")
+    raw = read_yaml_mapping(path, "pass an existing --config")
     values = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)

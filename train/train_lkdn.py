@@ -15,9 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import argparse
 
-import yaml
-
-from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config, validate
+from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config
 from train.state import latest_resumable
 from train.trainer import Trainer, build_model
 from utils.atomic_write import save_atomic
@@ -80,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = run_dir / "config.yml"
     if args.export_fused:
         if saved.is_file() and args.config is None:  # export what the run trained, not the stage defaults
-            config = TrainConfig(
-                **{
-                    **yaml.safe_load(saved.read_text()),
-                    **{k: v for k, v in overrides.items() if v is not None},
-                }
-            )
-            validate(config, saved)
+            config = load_config(saved, overrides)
         export_fused(config, args.export_fused)
         return 0
     found = latest_resumable(run_dir)
