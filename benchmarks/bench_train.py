@@ -1,8 +1,9 @@
 """Training-step throughput: multi-branch fp32 vs online-fused fp32 vs online-fused bf16, in one process.
 
-    python benchmarks/bench_train.py [--batch 16] [--lr_patch 64] [--rounds 10]
+    python benchmarks/bench_train.py [--batch 16] [--lr_patch 64] [--rounds 10] [--threads N]
 
-A step is forward, L1 loss, backward and an Adam step on LKDN-S x4 (training form). The variants run
+A step is forward, L1 loss, backward and an Adam step on LKDN-S x4 (training form); the last variant,
+online-fused fp32 with channels-last activations, is what train/train_lkdn.py runs by default. The variants run
 interleaved, round after round, so a busy machine slows all of them alike; the medians and their ratios are
 printed. Online fusion must be at least 2x the multi-branch form in fp32.
 """
@@ -25,11 +26,12 @@ import torch
 from models import lkdn_s
 
 
-def make_step(online_fusion: bool, bf16: bool, batch: int, lr_patch: int):
+def make_step(online_fusion: bool, bf16: bool, batch: int, lr_patch: int, channels_last: bool = False):
     torch.manual_seed(0)
-    model = lkdn_s(online_fusion=online_fusion).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = lkdn_s(online_fusion=online_fusion).train().to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
-    lr = torch.rand(batch, 3, lr_patch, lr_patch)
+    lr = torch.rand(batch, 3, lr_patch, lr_patch).contiguous(memory_format=memory_format)
     hr = torch.rand(batch, 3, 4 * lr_patch, 4 * lr_patch)
 
     def step() -> None:
@@ -52,12 +54,16 @@ def main() -> None:
     parser.add_argument("--lr_patch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     variants = {
         "multi-branch fp32": make_step(False, False, args.batch, args.lr_patch),
         "online-fused fp32": make_step(True, False, args.batch, args.lr_patch),
         "online-fused bf16": make_step(True, True, args.batch, args.lr_patch),
+        "online-fused fp32 NHWC": make_step(True, False, args.batch, args.lr_patch, channels_last=True),
     }
     for step in variants.values():
         for _ in range(args.warmup):
@@ -74,10 +80,10 @@ def main() -> None:
         f"LKDN-S x4 training step, batch {args.batch} of {args.lr_patch}x{args.lr_patch} LR patches, "
         f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds"
     )
-    print(f"{'variant':<20} {'step [ms]':>10} {'patches/s':>10} {'vs multi-branch':>16}")
+    print(f"{'variant':<24} {'step [ms]':>10} {'patches/s':>10} {'vs multi-branch':>16}")
     for name, samples in times.items():
         median = statistics.median(samples)
-        print(f"{name:<20} {1000 * median:>10.1f} {args.batch / median:>10.1f} {base / median:>15.2f}x")
+        print(f"{name:<24} {1000 * median:>10.1f} {args.batch / median:>10.1f} {base / median:>15.2f}x")
 
 
 if __name__ == "__main__":
