@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,39 +210,66 @@ def test_ema_follows_the_decay():
 # --- runs ---------------------------------------------------------------------------------------------------
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
-    total = "60"
-    common = [
-        "--total_iters",
-        total,
-        "--save_every",
-        "3",
-        "--val_every",
-        "1000",
-        "--keep_last",
-        "2",
-        "--lr_patch",
-        "16",
-    ]
-    reference = tmp_path / "uninterrupted"
-    done = _train(_args(tiny_data, reference, *common))
-    assert done.returncode == 0, done.stderr
+RESUME_ARGS = [
+    "--total_iters",
+    "60",
+    "--save_every",
+    "3",
+    "--val_every",
+    "1000",
+    "--keep_last",
+    "2",
+    "--lr_patch",
+    "16",
+]
 
-    killed = tmp_path / "killed"
-    command = [sys.executable, str(TRAIN_SCRIPT), *_args(tiny_data, killed, *common)]
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = _train(_args(tiny_data, run, *RESUME_ARGS))
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+def _start_and_signal(tiny_data, run: Path, sig: signal.Signals) -> subprocess.Popen:
+    """Start a run, send `sig` once it has saved iteration 9, and wait for it to end."""
+    command = [sys.executable, str(TRAIN_SCRIPT), *_args(tiny_data, run, *RESUME_ARGS)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not state_path(killed, 9).exists() and time.monotonic() < deadline and process.poll() is None:
+    while not state_path(run, 9).exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)
     still_running = process.poll() is None
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(process.pid, sig)
     process.wait()
-    assert still_running, "the run finished before it could be killed: make it longer"
-    assert latest_resumable(killed) is not None and latest_resumable(killed) < int(total)
-    resumed = _train(_args(tiny_data, killed, *common, "--resume"))
+    assert still_running, "the run finished before it could be signalled: make it longer"
+    return process
+
+
+def _resume_and_compare(tiny_data, run: Path, reference: Path) -> None:
+    resumed = _train(_args(tiny_data, run, *RESUME_ARGS, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in (killed / "train.log").read_text()
-    _assert_same_weights(_final_weights(killed), _final_weights(reference))
+    assert "resumed from" in (run / "train.log").read_text()
+    _assert_same_weights(_final_weights(run), _final_weights(reference))
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_data, uninterrupted, tmp_path):
+    run = tmp_path / "killed"
+    _start_and_signal(tiny_data, run, signal.SIGKILL)
+    assert latest_resumable(run) is not None and latest_resumable(run) < 60
+    _resume_and_compare(tiny_data, run, uninterrupted)
+
+
+def test_sigterm_saves_the_step_reached_and_resumes_exactly(tiny_data, uninterrupted, tmp_path):
+    run = tmp_path / "terminated"
+    process = _start_and_signal(tiny_data, run, signal.SIGTERM)
+    assert process.returncode == 0
+    stopped = re.search(
+        r"stopping at iteration (\d+): SIGTERM received \(state saved\)", (run / "train.log").read_text()
+    )
+    assert stopped, "no stop line in the log"
+    assert latest_resumable(run) == int(stopped.group(1)) < 60
+    _resume_and_compare(tiny_data, run, uninterrupted)
 
 
 def test_two_gloo_processes_match_one_process_of_the_same_global_batch(tiny_data, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -144,6 +145,7 @@ class Trainer:
         if self.device.type == "cuda" and self.info.enabled:
             self.device = torch.device("cuda", self.info.local_rank)
         self.run_dir = config.resolved_run_dir
+        self.stop_signal: str | None = None  # set by SIGINT / SIGTERM: stop after the step, saving first
         if self.info.is_main:
             _prepare_run_dir(self.run_dir)
         barrier(self.info)
@@ -245,13 +247,21 @@ class Trainer:
             loss /= self.info.world_size
         return loss.item()
 
-    def _out_of_time(self, started: float) -> bool:
-        if self.config.max_minutes <= 0:
-            return False
-        over = torch.tensor(float(time.monotonic() - started > 60 * self.config.max_minutes))
+    def _stop_reason(self, started: float) -> str | None:
+        """Why to stop after this step (a signal, or max_minutes), agreed by every rank; None to go on."""
+        reason = self.stop_signal
+        limit = 60 * self.config.max_minutes
+        if reason is None and limit > 0 and time.monotonic() - started > limit:
+            reason = f"max_minutes {self.config.max_minutes:g} reached"
         if self.info.enabled:  # every rank must stop at the same step
-            dist.all_reduce(over, op=dist.ReduceOp.MAX)
-        return bool(over.item())
+            flag = torch.tensor(float(reason is not None))
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and reason is None:
+                reason = "another process stopped"
+        return reason
+
+    def _request_stop(self, signum: int, _frame) -> None:
+        self.stop_signal = f"{signal.Signals(signum).name} received"
 
     def _validate(self, iteration: int, writer) -> None:
         scores = validate(self.ema.model, self.config.val_dirs, self.config.scale, self.device)
@@ -294,6 +304,8 @@ class Trainer:
             config.online_fusion,
         )
         started = time.monotonic()
+        self.stop_signal = None
+        handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=config.total_iters, initial=self.start, disable=not info.is_main, dynamic_ncols=True)
         iteration, window = self.start, []
         self.model.train()
@@ -324,25 +336,25 @@ class Trainer:
                         writer.add_scalar("train/loss", float(np.mean(window)), iteration)
                         writer.add_scalar("train/lr", learning_rate, iteration)
                     window = []
-                out_of_time = self._out_of_time(started)
+                stop = self._stop_reason(started)
                 finished = iteration == config.total_iters
                 if (
                     info.is_main
-                    and (iteration % config.val_every == 0 or finished or out_of_time)
+                    and (iteration % config.val_every == 0 or finished or stop is not None)
                     and config.val_dirs
                 ):
                     self._validate(iteration, writer)  # before saving, so the saved state knows the best
-                if info.is_main and (iteration % config.save_every == 0 or finished or out_of_time):
+                if info.is_main and (iteration % config.save_every == 0 or finished or stop is not None):
                     self.save(iteration)
                 barrier(info)
-                if out_of_time:
-                    log.info(
-                        "stopping at iteration %d: max_minutes %.1f reached", iteration, config.max_minutes
-                    )
+                if stop is not None:
+                    log.info("stopping at iteration %d: %s (state saved)", iteration, stop)
                     break
             if info.is_main and iteration == config.total_iters:
                 self.export_fused()
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             bar.close()
             if writer is not None:
                 writer.close()
