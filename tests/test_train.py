@@ -365,7 +365,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     [
         (["--train_sources", "/nonexistent/hr"], "/nonexistent/hr: no such folder"),
         (["--lr_patch", "64"], "all 4 images are smaller than 256 pixels"),
-        (["--init_from", "/nonexistent/ckpt.pth"], "ckpt.pth: checkpoint not found"),
+        (["--init_from", "/nonexistent/ckpt.pth"], "ckpt.pth: the init_from checkpoint does not exist"),
         (["--optimizer", "sgd"], "optimizer must be one of"),
     ],
     ids=["no-images", "all-too-small", "missing-init", "bad-optimizer"],

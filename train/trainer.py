@@ -159,6 +159,11 @@ class Trainer:
         self.best = -math.inf
         resume_at = run_state.latest_resumable(self.run_dir) if resume else None
         if resume_at is None and config.init_from:
+            if not Path(config.init_from).is_file():
+                raise UserError(
+                    f"{config.init_from}: the init_from checkpoint does not exist; finish stage 1 first "
+                    "(python train/train_lkdn.py --stage scratch) or pass --init_from <file.pth>"
+                )
             load_checkpoint(config.init_from, self.model)
             log.info("initialised from %s", config.init_from)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
