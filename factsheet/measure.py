@@ -14,11 +14,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from factsheet.manifest import FACTSHEET_DIR, Manifest, Row
+from utils.atomic_write import write_bytes_atomic
 from utils.errors import UserError
 
 SCRATCH = FACTSHEET_DIR / "build" / "refresh"  # git-ignored: SR images and stand-in data live here
@@ -33,17 +33,7 @@ def sha256(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write to a temporary file in the same folder, then rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
 
 
 def read_provenance(row: Row) -> dict | None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from models import LKDN
-from utils.errors import UserError
+from utils.atomic_write import write_bytes_atomic
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17 (onnx 1.12): the newest onnx writes one older runtimes refuse
@@ -221,22 +219,4 @@ def export_onnx(model: LKDN, atol: float = VERIFY_ATOL) -> tuple[bytes, float]:
 
 def save_onnx(data: bytes, path: str | Path) -> Path:
     """Write serialized ONNX bytes to `path` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise UserError(
-            f"{path.parent}: cannot write there ({err.strerror}); choose a writable folder"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a model file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, data)
