@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 import torch
 
+import models
 import test_demo
 from models import BUNDLED_CHECKPOINT, LKDN, MODEL_NAME
 from utils.atomic_write import save_atomic
 from utils.checkpoint import build_model_from_checkpoint
+from utils.errors import UserError
 from utils.image_io import read_rgb, to_tensor
 from utils.imresize import matlab_imresize
 from utils.inference_backends import make_runner
@@ -333,11 +335,12 @@ def test_missing_checkpoint(tmp_path):
     assert str(tmp_path / "no.pth") in line and "--model_path" in line
 
 
-def test_missing_bundled_checkpoint_says_how_to_pass_one(tmp_path):
-    if BUNDLED_CHECKPOINT.exists():
-        pytest.skip(f"{BUNDLED_CHECKPOINT} exists: the message for its absence cannot be shown")
-    line = _error_line(run_demo("--data_dir", tmp_path))
-    assert str(BUNDLED_CHECKPOINT) in line and "--model_path" in line
+def test_missing_bundled_checkpoint_says_how_to_pass_one(tmp_path, monkeypatch):
+    missing = tmp_path / "model_zoo" / BUNDLED_CHECKPOINT.name  # the bundled one exists: point elsewhere
+    monkeypatch.setattr(models, "BUNDLED_CHECKPOINT", missing)
+    with pytest.raises(UserError) as err:
+        test_demo.main(["--data_dir", str(tmp_path)])
+    assert str(missing) in str(err.value) and "--model_path" in str(err.value)
 
 
 def test_missing_benchmark_folder(tmp_path):
