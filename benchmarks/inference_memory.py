@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from models import lkdn, lkdn_s  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.inference_backends import make_runner  # noqa: E402
-from utils.timing import MB, PeakMemory, _vm_hwm_bytes  # noqa: E402
+from utils.timing import MB, PeakMemory, reset_high_water_mark  # noqa: E402
 
 
 def _in_use(device: torch.device) -> float:
@@ -63,8 +63,10 @@ def main() -> None:
         return
     model = (lkdn_s if args.model == "lkdn_s" else lkdn)(fused=True)
     output_bytes = 4 * 3 * model.scale**2  # per LR pixel
-    if resolve_device(args.device).type == "cpu" and _vm_hwm_bytes() is None:
-        print("note: no /proc/self/status; falling back to psutil sampling (less exact)")
+    if resolve_device(args.device).type == "cpu" and not reset_high_water_mark():
+        print(
+            "note: the kernel high-water mark cannot be reset here; falling back to psutil sampling (less exact)"
+        )
     print(f"{args.model} fused, device {args.device}, backend {args.backend}")
     print(f"{'LR size':>9s} {'peak MB':>9s} {'bytes/LR px':>12s} {'feature maps':>13s}")
     for size in sorted(args.sizes):

@@ -21,6 +21,7 @@ import torch
 
 import models
 import test_demo
+import utils.timing
 from models import BUNDLED_CHECKPOINT, LKDN, MODEL_NAME
 from utils.atomic_write import save_atomic
 from utils.checkpoint import build_model_from_checkpoint
@@ -394,7 +395,23 @@ def test_timed_ms_is_in_milliseconds():
     assert ms >= 50
 
 
-def test_peak_memory_sees_an_allocation_and_keeps_the_maximum():
+def test_an_ignored_high_water_mark_reset_is_noticed(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        utils.timing, "_CLEAR_REFS", tmp_path / "clear_refs"
+    )  # the write succeeds, resets nothing
+    sizes = {"VmHWM": 964 * 1024**2, "VmRSS": 700 * 1024**2}
+    monkeypatch.setattr(utils.timing, "_status_bytes", sizes.get)
+    assert not utils.timing.reset_high_water_mark()
+    sizes["VmHWM"] = sizes["VmRSS"]
+    assert utils.timing.reset_high_water_mark()
+
+
+@pytest.mark.parametrize("path", ["kernel high-water mark", "sampling thread"])
+def test_peak_memory_sees_an_allocation_and_keeps_the_maximum(path, monkeypatch):
+    if path == "sampling thread":  # what runs where clear_refs is missing or ignored
+        monkeypatch.setattr(utils.timing, "reset_high_water_mark", lambda: False)
+    elif not utils.timing.reset_high_water_mark():
+        pytest.skip("this kernel ignores /proc/self/clear_refs, so the high-water mark cannot be reset")
     memory = PeakMemory(torch.device("cpu"))
     with memory:
         block = np.ones(256 * 1024**2 // 8)  # 256 MB, touched

@@ -36,14 +36,26 @@ def timed_ms(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     return result, (time.perf_counter() - start_s) * 1000.0
 
 
-def _vm_hwm_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status ("VmHWM", "VmRSS") in bytes; None where there is no such file."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def reset_high_water_mark() -> bool:
+    """Reset the kernel's VmHWM to the current resident size; False where that is not possible. Some sandboxes
+    accept the write to clear_refs and ignore it, so the reset is checked, not assumed."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    hwm, rss = _status_bytes("VmHWM"), _status_bytes("VmRSS")
+    return hwm is not None and rss is not None and hwm - rss < 8 * MB
 
 
 class PeakMemory:
@@ -63,11 +75,8 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             return self
-        try:
-            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size (Linux >= 4.0)
+        if reset_high_water_mark():
             return self
-        except OSError:
-            pass
         self._stop.clear()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -86,7 +95,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / MB
         elif self._sampler is None:
-            self.peak_mb = max(self.peak_mb, (_vm_hwm_bytes() or 0) / MB)
+            self.peak_mb = max(self.peak_mb, (_status_bytes("VmHWM") or 0) / MB)
         else:
             self._stop.set()
             self._sampler.join()
