@@ -3,7 +3,8 @@
     python benchmarks/bench_train.py [--batch 16] [--lr_patch 64] [--rounds 10] [--threads N]
 
 A step is forward, L1 loss, backward and an Adam step on LKDN-S x4 (training form); the last variant,
-online-fused fp32 with channels-last activations, is what train/train_lkdn.py runs by default. The variants run
+online-fused fp32 with channels-last activations and the depthwise convs' input gradient run as a forward conv
+(train/depthwise_backward.py), is what train/train_lkdn.py runs by default on a CPU. The variants run
 interleaved, round after round, so a busy machine slows all of them alike; the medians and their ratios are
 printed. Online fusion must be at least 2x the multi-branch form in fp32.
 """
@@ -24,12 +25,22 @@ from contextlib import nullcontext
 import torch
 
 from models import lkdn_s
+from train.depthwise_backward import use_flipped_input_gradient
 
 
-def make_step(online_fusion: bool, bf16: bool, batch: int, lr_patch: int, channels_last: bool = False):
+def make_step(
+    online_fusion: bool,
+    bf16: bool,
+    batch: int,
+    lr_patch: int,
+    channels_last: bool = False,
+    flipped_gradient: bool = False,
+):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = lkdn_s(online_fusion=online_fusion).train().to(memory_format=memory_format)
+    if flipped_gradient:
+        use_flipped_input_gradient(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
     lr = torch.rand(batch, 3, lr_patch, lr_patch).contiguous(memory_format=memory_format)
     hr = torch.rand(batch, 3, 4 * lr_patch, 4 * lr_patch)
@@ -64,6 +75,9 @@ def main() -> None:
         "online-fused fp32": make_step(True, False, args.batch, args.lr_patch),
         "online-fused bf16": make_step(True, True, args.batch, args.lr_patch),
         "online-fused fp32 NHWC": make_step(True, False, args.batch, args.lr_patch, channels_last=True),
+        "+ flipped dw gradient": make_step(
+            True, False, args.batch, args.lr_patch, True, flipped_gradient=True
+        ),
     }
     for step in variants.values():
         for _ in range(args.warmup):
