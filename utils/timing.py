@@ -2,8 +2,8 @@
 
 GPU: CUDA events around the call and a synchronize, and `torch.cuda.max_memory_allocated()`, as the kit does.
 CPU: a monotonic clock (perf_counter) around the call, and the peak resident memory of the whole process while
-inference runs (Linux: the kernel's high-water mark, reset through /proc/self/clear_refs; elsewhere a psutil
-sampling thread). CPU figures are not comparable with the challenge's GPU figures.
+inference runs (Linux: the kernel's high-water mark, reset through /proc/self/clear_refs; where that reset is
+unavailable or ignored, a psutil sampling thread). CPU figures are not comparable with the challenge's GPU figures.
 """
 
 from __future__ import annotations
