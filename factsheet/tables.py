@@ -330,15 +330,19 @@ def run_cells(run: RunSummary, out: Generated) -> dict[str, str]:
         out.figures.append(f"{run.images_used} of {total_images}")
     else:
         cells["HR images used"] = DASH
-    cells["Hardware"] = f"{escape(run.device or '?')}, {run.processes} process(es) $\\times$ " + (
-        f"{threads} thread(s)" if threads > 0 else "the default thread count"
+    # config.yml holds the flags of the run's last session: with several sessions, thread counts are its
+    several = len(run.sessions) > 1
+    cells["Hardware"] = (
+        f"{escape(run.device or '?')}, {run.processes} process(es) $\\times$ "
+        + (f"{threads} thread(s)" if threads > 0 else "the default thread count")
+        + (" in the last session" if several else "")
     )
     cells["Sessions"] = str(len(run.sessions))
     cells["Wall-clock hours"] = number(hours, "2f")
     out.figures += [reached, number(hours, "2f")]
     if threads > 0 and run.processes:
         core_hours = number(hours * threads * run.processes, "2f")
-        cells["CPU core-hours"] = core_hours
+        cells["CPU core-hours"] = f"at most {core_hours}" if several else core_hours
         out.figures.append(core_hours)
     else:
         cells["CPU core-hours"] = DASH
@@ -375,7 +379,7 @@ def training_table(manifest: Manifest, out: Generated) -> str:
                 f"{escape(row.label)}: the run {code(manifest.rel(run_dir))}, read off its "
                 f"{code('config.yml')} and {code('train.log')} (wall-clock hours: the sum over its sessions, "
                 "from each session's first to last logged step; CPU core-hours: wall-clock hours $\\times$ "
-                "processes $\\times$ the config's threads)."
+                "processes $\\times$ the config's threads, an upper bound when earlier sessions ran fewer)."
             )
             stage = escape(str(run.config.get("stage", "")))
             columns.append((f"This checkpoint: {stage}{mark}", run_cells(run, out)))

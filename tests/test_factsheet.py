@@ -215,7 +215,7 @@ def test_training_table_is_read_off_the_run(inputs):
     assert rows["HR images used"][run].startswith("17 of 20")
     assert rows["Sessions"] == ["--", "2"]
     assert rows["Wall-clock hours"] == ["--", "1.50"]
-    assert rows["CPU core-hours"] == ["--", "4.50"]
+    assert rows["CPU core-hours"] == ["--", "at most 4.50"]  # two sessions: threads of the last
     assert rows["Last training loss"][run] == "0.0679 (iteration 100)"
     assert rows["Last validation (PSNR\\_Y, EMA)"][run] == "Set5 29.876, Set14 27.654 (iteration 123)"
     assert rows["Training data"][run] == r"\texttt{synthetic/\allowbreak{}T91}"
