@@ -7,6 +7,7 @@ checkpoint on the full benchmark (Set5, Set14, B100: the slow one), and the kit 
 from __future__ import annotations
 
 import json
+import mmap
 import re
 import shutil
 import subprocess
@@ -395,6 +396,15 @@ def test_timed_ms_is_in_milliseconds():
     assert ms >= 50
 
 
+def _touch_fresh_pages(size: int) -> None:
+    """Grow the resident size by `size` bytes, then unmap them: a new anonymous mapping, not malloc, which in a
+    long-lived process (the whole suite's) may hand out memory that is already resident."""
+    with mmap.mmap(-1, size) as block:
+        pages = np.frombuffer(block, dtype=np.uint8)
+        pages[::4096] = 1
+        del pages
+
+
 def test_an_ignored_high_water_mark_reset_is_noticed(tmp_path, monkeypatch):
     monkeypatch.setattr(
         utils.timing, "_CLEAR_REFS", tmp_path / "clear_refs"
@@ -414,8 +424,7 @@ def test_peak_memory_sees_an_allocation_and_keeps_the_maximum(path, monkeypatch)
         pytest.skip("this kernel ignores /proc/self/clear_refs, so the high-water mark cannot be reset")
     memory = PeakMemory(torch.device("cpu"))
     with memory:
-        block = np.ones(256 * 1024**2 // 8)  # 256 MB, touched
-        del block
+        _touch_fresh_pages(256 * 1024**2)
     with memory:
         pass
     with PeakMemory(torch.device("cpu")) as baseline:
