@@ -76,7 +76,7 @@ def main() -> None:
         "online-fused bf16": make_step(True, True, args.batch, args.lr_patch),
         "online-fused fp32 NHWC": make_step(True, False, args.batch, args.lr_patch, channels_last=True),
         "+ flipped dw gradient": make_step(
-            True, False, args.batch, args.lr_patch, True, flipped_gradient=True
+            True, False, args.batch, args.lr_patch, channels_last=True, flipped_gradient=True
         ),
     }
     for step in variants.values():

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from time import strptime
 
 from factsheet.manifest import DEFAULT_MANIFEST, FACTSHEET_DIR, Manifest, load_manifest
-from factsheet.measure import read_provenance, refresh, write_atomic
+from factsheet.measure import read_provenance, refresh
 from factsheet.tables import Generated, generate
+from utils.atomic_write import write_bytes_atomic
 from utils.errors import UserError, run_cli
 
 MAIN_TEX = "factsheet.tex"
@@ -112,10 +113,10 @@ def build(
     for name, content in files.items():
         path = out_dir / name
         if path.resolve() != main_tex.resolve():
-            write_atomic(path, content)
+            write_bytes_atomic(path, content)
         tex_files.append(path)
-    zip_path = write_atomic(out_dir / ZIP_NAME, sources_zip(files))
-    pdf_path = write_atomic(out_dir / PDF_NAME, pdf) if pdf is not None else None
+    zip_path = write_bytes_atomic(out_dir / ZIP_NAME, sources_zip(files))
+    pdf_path = write_bytes_atomic(out_dir / PDF_NAME, pdf) if pdf is not None else None
     return Built(generated, tex_files, zip_path, pdf_path)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from factsheet.manifest import FACTSHEET_DIR, Manifest, Row
-from utils.atomic_write import write_bytes_atomic
+from utils.atomic_write import write_bytes_atomic, write_text_atomic
 from utils.errors import UserError
 
 SCRATCH = FACTSHEET_DIR / "build" / "refresh"  # git-ignored: SR images and stand-in data live here
@@ -30,10 +30,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    return write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
 
 
 def read_provenance(row: Row) -> dict | None:
@@ -133,11 +129,11 @@ def measure(row: Row, manifest: Manifest) -> None:
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in load],
     }
-    write_atomic(row.results_path, json.dumps({row.entry: results[row.entry]}, indent=2) + "\n")
+    write_text_atomic(row.results_path, json.dumps({row.entry: results[row.entry]}, indent=2) + "\n")
     log = save_dir / f"{row.entry}.log"
     if log.is_file():
-        write_atomic(row.log_path, log.read_bytes())
-    write_atomic(row.provenance_path, json.dumps(provenance, indent=2) + "\n")
+        write_bytes_atomic(row.log_path, log.read_bytes())
+    write_text_atomic(row.provenance_path, json.dumps(provenance, indent=2) + "\n")
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"[{row.id}] wrote {manifest.rel(row.results_path)}", flush=True)
 

@@ -330,7 +330,8 @@ def run_cells(run: RunSummary, out: Generated) -> dict[str, str]:
         out.figures.append(f"{run.images_used} of {total_images}")
     else:
         cells["HR images used"] = DASH
-    # config.yml holds the flags of the run's last session: with several sessions, thread counts are its
+    # config.yml holds the flags of the run's last session only: with several, its thread count may not
+    # be every session's, so the hardware cell says so and the core-hours are an upper bound
     several = len(run.sessions) > 1
     cells["Hardware"] = (
         f"{escape(run.device or '?')}, {run.processes} process(es) $\\times$ "
