@@ -191,9 +191,12 @@ def build_runners(
     def wanted(name: str) -> bool:
         return only is None or name == only
 
-    for backend in ("reference", "fast"):
+    for backend in ("reference", "fast", "native"):
         if wanted(backend):
-            runners[backend] = make_runner(model, "cpu", backend)
+            try:
+                runners[backend] = make_runner(model, "cpu", backend)
+            except ValueError as err:  # native: no compiler, or a model the kernels were not written for
+                print(f"{backend}: skipped ({err})")
     from utils.fast_lkdn import CPU_FUSIONS, FastLKDN
 
     if CPU_FUSIONS and wanted(PLAIN):
@@ -266,7 +269,10 @@ def main() -> None:
             print(f"torch.compile: first call (compile) {time.perf_counter() - start:.1f} s for this shape")
         diffs = {name: float((run(x) - expected).abs().max()) for name, run in runners.items()}
         memory = {name: peak_in_fresh_process(args, name, index) for name in runners}
-        counts = {name: count_ops(run, x) for name, run in runners.items() if "onnx" not in name}
+        # the tensor-op counter sees neither onnxruntime's nor the native kernels' writes
+        counts = {
+            name: count_ops(run, x) for name, run in runners.items() if name not in ("onnxruntime", "native")
+        }
         times = time_interleaved(runners, x, max(args.runs, 1), args.warmup)
         ref_wall = statistics.median(times["reference"][0])
         ref_cpu = statistics.median(times["reference"][1])
@@ -295,14 +301,26 @@ def main() -> None:
             f"roofline: MACs at the sgemm rate {t_mac * 1e3:.1f} ms + GELU at its rate {t_gelu * 1e3:.1f} ms "
             f"= compute {(t_mac + t_gelu) * 1e3:.1f} ms; memory (each byte written once and read once):"
         )
-        for name, counter in counts.items():
-            t_mem = 2 * counter.bytes_written / machine["bandwidth"]
+        written = {name: counter.bytes_written for name, counter in counts.items()}
+        if "native" in runners:
+            written["native (whole-image tensors only)"] = native_bytes_written(model, shape)
+            times["native (whole-image tensors only)"] = times["native"]
+        for name, nbytes in written.items():
+            t_mem = 2 * nbytes / machine["bandwidth"]
             bound = max(t_mac + t_gelu, t_mem)
             wall = statistics.median(times[name][0])
             print(
                 f"  {name:46s} memory {t_mem * 1e3:6.1f} ms; bound {bound * 1e3:6.1f} ms; "
                 f"measured {wall * 1e3:7.1f} ms = {wall / bound:.1f}x the bound"
             )
+
+
+def native_bytes_written(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """What the native path writes to memory at least: the features, every block's output, the SR output
+    (everything else stays in per-row buffers in cache)."""
+    n, _, h, w = shape
+    maps = (1 + model.num_blocks) * n * h * w * model.num_feat
+    return 4 * (maps + n * 3 * h * w * model.scale**2)
 
 
 def _cpuinfo() -> list[str]:

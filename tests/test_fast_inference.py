@@ -11,6 +11,7 @@ from utils.checkpoint import build_model_from_checkpoint
 from utils.fast_lkdn import CPU_FUSIONS, FastLKDN
 from utils.image_io import read_rgb, to_tensor
 from utils.inference_backends import BACKENDS, default_backend, make_runner
+from utils.native_lkdn import native_available
 
 ATOL = 1e-4  # the fast path's contract: max abs difference from the module form, float32
 
@@ -122,16 +123,18 @@ def test_fast_copies_the_weights(random_lkdn_s):
     torch.testing.assert_close(fast(x), before, atol=0, rtol=0)
 
 
-def test_auto_picks_the_fast_path_on_a_cpu(random_lkdn_s):
+def test_auto_picks_the_fastest_exact_path_on_a_cpu(random_lkdn_s):
     runner = make_runner(random_lkdn_s, "cpu")
-    assert runner.name == "fast"
+    assert runner.name == (
+        "native" if native_available() is None else f"fast (native unavailable: {native_available()})"
+    )
     x = torch.rand(2, 3, 9, 14, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(runner(x), reference_output(random_lkdn_s, x), atol=ATOL, rtol=0)
 
 
 def test_auto_on_other_devices_is_the_module_form():
     """No CPU-only trick reaches a GPU by default: auto is the reference form there (no device needed)."""
-    assert default_backend("cpu") == "fast"
+    assert default_backend("cpu") == "native"
     assert default_backend("cuda") == "reference"
     assert default_backend(torch.device("cuda", 1)) == "reference"
 
@@ -151,7 +154,7 @@ def test_unknown_backend_or_precision_is_a_clear_error(random_lkdn_s):
         make_runner(random_lkdn_s, "cpu", "onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="fused model"):
         make_runner(lkdn_s(fused=False), "cpu", "fast")
-    assert set(BACKENDS) >= {"auto", "reference", "fast", "onnxruntime"}
+    assert set(BACKENDS) >= {"auto", "reference", "fast", "native", "onnxruntime"}
 
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])

@@ -191,11 +191,15 @@ class FastLKDN(nn.Module):
             )
             self.register_buffer("up_b", _copy(up.bias))
 
+    def features(self, x: Tensor) -> Tensor:
+        """The shallow features (fea_conv), NHWC."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, self.fea_w, self.fea_b, padding=1).permute(0, 2, 3, 1).contiguous()
+
     def forward(self, x: Tensor) -> Tensor:
         ops = _Ops(self.cpu_fusions and x.device.type == "cpu" and x.dtype == torch.float32)
         n, _, h, w = x.shape
-        x = x.contiguous(memory_format=torch.channels_last)
-        feat = F.conv2d(x, self.fea_w, self.fea_b, padding=1).permute(0, 2, 3, 1).contiguous()
+        feat = self.features(x)
         c1 = self.c1_w.split(feat.shape[-1], dim=1)
         trunk, hidden = None, feat
         for block, c1_part in zip(self.blocks, c1, strict=True):

@@ -4,9 +4,13 @@
 - `fast`: `utils.fast_lkdn.FastLKDN`, the same network with fewer passes over memory (NHWC matrix products,
   folded first conv, no concatenations, oneDNN-fused bias/GELU/product on a CPU); on any device, fastest on
   a CPU (benchmarks/bench_inference.py).
+- `native`: `utils.native_lkdn.NativeLKDN`, the blocks and the tail run by C++ kernels compiled on first
+  use for this CPU (g++ or clang++); float32 on a CPU only, LKDN-S / LKDN widths.
 - `onnxruntime`: the exported ONNX graph (utils.onnx_export), exported and verified on first use, or an
   existing .onnx file (`onnx_path`); float32 only.
-- `auto`: `fast` on a CPU; `reference` elsewhere, so a GPU never gets a path that was only measured on a CPU.
+- `auto`: on a CPU `native` (float32, where the kernels build and fit the model), else `fast`; `reference`
+  elsewhere, so a GPU never gets a path that was only measured on a CPU. When `native` cannot run, the
+  runner's name says why.
 
 `precision="bf16"` (opt-in; reference and fast) runs weights and activations in bfloat16 and returns
 float32; its PSNR cost is measured by benchmarks/bf16_psnr.py. Every runner is a callable on a Bx3xHxW
@@ -25,7 +29,7 @@ from torch import Tensor
 
 from models import LKDN
 
-BACKENDS = ("auto", "reference", "fast", "onnxruntime")
+BACKENDS = ("auto", "reference", "fast", "native", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -64,8 +68,26 @@ class OnnxRunner:
 
 
 def default_backend(device: torch.device | str) -> str:
-    """What `auto` picks: the fast path where it was measured faster (a CPU), the module form elsewhere."""
-    return "fast" if torch.device(device).type == "cpu" else "reference"
+    """What `auto` starts from: the native kernels on a CPU (`fast` if they cannot run), else the module form."""
+    return "native" if torch.device(device).type == "cpu" else "reference"
+
+
+def _native_runner(model: LKDN, device: torch.device, fallback: bool) -> ModuleRunner:
+    """The native kernels, or (with `fallback`) the fast path named with the reason native did not run."""
+    from utils.fast_lkdn import FastLKDN
+    from utils.native_lkdn import KernelUnavailable, NativeLKDN
+
+    reason = None
+    if device.type != "cpu":
+        reason = "the native kernels run on a CPU only"
+    else:
+        try:
+            return ModuleRunner(NativeLKDN(model).eval(), "native")
+        except (KernelUnavailable, ValueError) as err:
+            reason = str(err)
+    if not fallback:
+        raise ValueError(f"backend 'native': {reason}")
+    return ModuleRunner(FastLKDN(model).to(device).eval(), f"fast (native unavailable: {reason})")
 
 
 def _onnx_runner(model: LKDN, device: torch.device, onnx_path: str | Path | None) -> OnnxRunner:
@@ -103,6 +125,8 @@ def make_runner(
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     chosen = default_backend(device) if backend == "auto" else backend
+    if chosen == "native" and backend == "auto" and precision != "fp32":
+        chosen = "fast"  # native is float32 only
     dtype = _DTYPES[precision]
     suffix = "" if precision == "fp32" else f"+{precision}"
     if chosen == "onnxruntime":
@@ -111,6 +135,10 @@ def make_runner(
         return _onnx_runner(model, device, onnx_path)
     if onnx_path is not None:
         raise ValueError("onnx_path is for the onnxruntime backend")
+    if chosen == "native":
+        if precision != "fp32":
+            raise ValueError("the native backend runs float32 only; use precision='fp32'")
+        return _native_runner(model, device, fallback=backend == "auto")
     if chosen == "fast":
         from utils.fast_lkdn import FastLKDN
 

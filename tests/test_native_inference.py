@@ -1,0 +1,149 @@
+"""The native CPU kernels compute the reference module form's function, and fail over to `fast` with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_fast_inference import ATOL, ODD_SHAPES, perturbed, reference_output
+
+from models import LKDN, lkdn, lkdn_s
+from utils import native_lkdn
+from utils.checkpoint import build_model_from_checkpoint
+from utils.image_io import read_rgb, to_tensor
+from utils.inference_backends import make_runner
+from utils.native_lkdn import KernelUnavailable, NativeLKDN, native_available
+
+needs_kernels = pytest.mark.skipif(
+    native_available() is not None, reason=f"native kernels unavailable: {native_available()}"
+)
+
+
+def native_output(model: LKDN, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    module = NativeLKDN(model).eval()
+    previous = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return module(x)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def random_lkdn_s() -> LKDN:
+    torch.manual_seed(10)
+    return perturbed(lkdn_s(fused=True), seed=11)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_native_equals_reference_random_weights(random_lkdn_s, shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        native_output(random_lkdn_s, x), reference_output(random_lkdn_s, x), atol=ATOL, rtol=0
+    )
+
+
+@needs_kernels
+def test_native_equals_reference_for_the_papers_lkdn():
+    """56 channels and 8 blocks: the other width the kernels are built for."""
+    torch.manual_seed(2)
+    model = perturbed(lkdn(fused=True), seed=3)
+    x = torch.rand(2, 3, 19, 23, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(native_output(model, x), reference_output(model, x), atol=ATOL, rtol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [2, 3])
+def test_bands_of_rows_give_the_same_output_as_one_pass(random_lkdn_s, threads):
+    """Threads split each image into bands of rows that recompute their halos: the result is bit-identical."""
+    x = torch.rand(2, 3, 53, 21, generator=torch.Generator().manual_seed(5))
+    one = native_output(random_lkdn_s, x, threads=1)
+    torch.testing.assert_close(native_output(random_lkdn_s, x, threads=threads), one, atol=0, rtol=0)
+
+
+@needs_kernels
+def test_workspace_is_reused_across_sizes_and_never_returned(random_lkdn_s):
+    module = NativeLKDN(random_lkdn_s).eval()
+    g = torch.Generator().manual_seed(6)
+    inputs = [torch.rand(1, 3, h, w, generator=g) for h, w in ((24, 20), (9, 31), (24, 20), (30, 30))]
+    with torch.inference_mode():
+        outputs = [module(x) for x in inputs]
+    for x, out in zip(inputs, outputs, strict=True):  # earlier outputs untouched by later calls
+        torch.testing.assert_close(out, reference_output(random_lkdn_s, x), atol=ATOL, rtol=0)
+    module.release_workspace()
+    assert module._workspace == {}
+
+
+@needs_kernels
+def test_native_equals_reference_authors_checkpoint(reference_dir, benchmark_dir):
+    model = build_model_from_checkpoint(reference_dir / "LKDN-S_del_rep_x4.pth").eval()
+    x = torch.from_numpy(np.load(reference_dir / "golden_input_1x3x37x53.npy"))
+    golden = torch.from_numpy(np.load(reference_dir / "golden_LKDN-S_x4_deploy.npy"))
+    torch.testing.assert_close(native_output(model, x), golden, atol=ATOL, rtol=0)
+    lr = benchmark_dir / "Set5" / "LR_bicubic_x4"
+    crops = [to_tensor(read_rgb(lr / name))[..., :61, :47] for name in ("baby.png", "butterfly.png")]
+    real = torch.cat(crops)
+    torch.testing.assert_close(native_output(model, real), reference_output(model, real), atol=ATOL, rtol=0)
+
+
+@needs_kernels
+def test_runner_choice_and_names(random_lkdn_s):
+    assert make_runner(random_lkdn_s, "cpu").name == "native"
+    assert make_runner(random_lkdn_s, "cpu", "native").name == "native"
+    assert make_runner(random_lkdn_s, "cpu", precision="bf16").name == "fast+bf16"  # native is float32 only
+    with pytest.raises(ValueError, match="float32 only"):
+        make_runner(random_lkdn_s, "cpu", "native", precision="bf16")
+    small = perturbed(LKDN(num_feat=10, num_blocks=2, fused=True))
+    with pytest.raises(ValueError, match="42 or 56 channels, not 10"):
+        make_runner(small, "cpu", "native")
+    runner = make_runner(small, "cpu")
+    assert (
+        runner.name == "fast (native unavailable: the native kernels are built for 42 or 56 channels, not 10)"
+    )
+    x = torch.rand(1, 3, 7, 9, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(runner(x), reference_output(small, x), atol=ATOL, rtol=0)
+
+
+def test_native_is_cpu_only(random_lkdn_s):
+    with pytest.raises(ValueError, match="CPU only"):
+        make_runner(random_lkdn_s, "meta", "native")
+
+
+@pytest.fixture
+def fresh_kernel_build(tmp_path, monkeypatch):
+    """An empty kernel cache and no loaded kernel (restored afterwards)."""
+    monkeypatch.setenv("LKDN_KERNEL_CACHE", str(tmp_path))
+    native_lkdn.load_kernel.cache_clear()
+    yield tmp_path
+    native_lkdn.load_kernel.cache_clear()
+
+
+def test_without_a_compiler_auto_falls_back_and_says_why(fresh_kernel_build, monkeypatch, random_lkdn_s):
+    monkeypatch.setenv("CXX", str(fresh_kernel_build / "no-such-compiler"))
+    reason = native_available()
+    assert reason is not None and "no-such-compiler" in reason
+    with pytest.raises(KernelUnavailable):
+        NativeLKDN(random_lkdn_s)
+    assert make_runner(random_lkdn_s, "cpu").name == f"fast (native unavailable: {reason})"
+    with pytest.raises(ValueError, match="backend 'native'"):
+        make_runner(random_lkdn_s, "cpu", "native")
+
+
+def test_a_failed_build_leaves_no_library_behind(fresh_kernel_build, monkeypatch):
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that exits 1
+    assert "false failed" in native_available()
+    assert list(fresh_kernel_build.iterdir()) == []
+
+
+@needs_kernels
+def test_a_build_is_cached_by_source_compiler_and_cpu(fresh_kernel_build):
+    assert native_available() is None
+    (library,) = fresh_kernel_build.glob("lkdn_cpu_*.so")
+    stamp = library.stat().st_mtime_ns
+    native_lkdn.load_kernel.cache_clear()
+    assert native_available() is None
+    assert [p.name for p in fresh_kernel_build.iterdir()] == [library.name]
+    assert library.stat().st_mtime_ns == stamp
