@@ -56,6 +56,15 @@ def test_native_equals_reference_for_the_papers_lkdn():
 
 
 @needs_kernels
+def test_wide_images_run_in_column_strips_with_the_same_result(random_lkdn_s):
+    """Rows wider than 256 pixels are cut into column strips that recompute their halos (3 strips here)."""
+    x = torch.rand(1, 3, 14, 520, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(
+        native_output(random_lkdn_s, x), reference_output(random_lkdn_s, x), atol=ATOL, rtol=0
+    )
+
+
+@needs_kernels
 @pytest.mark.parametrize("threads", [2, 3])
 def test_bands_of_rows_give_the_same_output_as_one_pass(random_lkdn_s, threads):
     """Threads split each image into bands of rows that recompute their halos: the result is bit-identical."""
