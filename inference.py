@@ -43,8 +43,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_MEMORY = "2G"
 # Peak working memory of one forward pass per LR pixel, in float32 feature maps of num_feat channels (plus the
 # float32 output). Measured with benchmarks/inference_memory.py (CPU, process peak above the memory in use before
-# the pass, LR sizes 128-768): LKDN-S 9-26 maps (reference backend) and 9-15 (fast); LKDN 17-30 and 9-15. The
-# live tensors alone (what a GPU's caching allocator sees) are about 9 maps. 32 covers every measurement.
+# the pass, LR sizes 128-768): LKDN-S 9-26 maps (reference backend), 9-15 (fast), 6-9 (native, LR 128-512);
+# LKDN 17-30, 9-15 and 9-11. The live tensors alone (what a GPU's caching allocator sees) are about 9 maps.
+# 32 covers every measurement.
 FEATURE_MAPS_AT_PEAK = 32
 MIN_TILE = 16  # LR pixels: smaller cores would spend nearly all the work on overlap
 ALPHA_CONTEXT = 4  # LR pixels of context for tiled bicubic alpha: the cubic kernel reaches 2 pixels

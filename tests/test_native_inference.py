@@ -156,3 +156,23 @@ def test_a_build_is_cached_by_source_compiler_and_cpu(fresh_kernel_build):
     assert native_available() is None
     assert [p.name for p in fresh_kernel_build.iterdir()] == [library.name]
     assert library.stat().st_mtime_ns == stamp
+
+
+@needs_kernels
+def test_the_portable_build_computes_the_same_function(fresh_kernel_build, monkeypatch, random_lkdn_s):
+    """The build without -march=native (the fallback for compilers that lack it): generic vector code."""
+    monkeypatch.setattr(native_lkdn, "_FLAG_SETS", (["-O3"],))
+    x = torch.rand(2, 3, 19, 27, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(
+        native_output(random_lkdn_s, x), reference_output(random_lkdn_s, x), atol=ATOL, rtol=0
+    )
+
+
+@needs_kernels
+def test_the_kernels_gelu_is_torchs_exact_gelu():
+    """The kernels' GELU (a rational erf approximation) against torch's exact-erf GELU, on a dense grid."""
+    x = torch.linspace(-12, 12, 2**20)
+    y = torch.empty_like(x)
+    native_lkdn.load_kernel().lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    error = (y - torch.nn.functional.gelu(x)).abs()
+    assert (error / x.abs().clamp(min=1)).max() < 5e-7  # a few float32 ulps of max(1, |x|)

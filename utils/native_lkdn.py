@@ -103,6 +103,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_tail_params_size.argtypes = [i32, i32]
     lib.lkdb_forward.restype = i32
     lib.lkdb_forward.argtypes = [ptr, ptr, i32, i32, i32, i32, ptr, ctypes.c_float, i32]
+    lib.lkdn_gelu.restype = None
+    lib.lkdn_gelu.argtypes = [ptr, ptr, ctypes.c_long]
     lib.lkdn_tail.restype = i32
     lib.lkdn_tail.argtypes = [ptr, i32, ptr, ptr, i32, i32, i32, i32, ptr, i32]
 
