@@ -176,3 +176,17 @@ def test_the_kernels_gelu_is_torchs_exact_gelu():
     native_lkdn.load_kernel().lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
     error = (y - torch.nn.functional.gelu(x)).abs()
     assert (error / x.abs().clamp(min=1)).max() < 5e-7  # a few float32 ulps of max(1, |x|)
+
+
+@needs_kernels
+def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
+    module = NativeLKDN(random_lkdn_s)
+    x = torch.rand(1, 6, 5, 42)
+    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+        native_lkdn.lkdb_forward(x.transpose(1, 2), module.packed0, 1e-6)
+    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+        native_lkdn.lkdb_forward(x.double(), module.packed0, 1e-6)
+    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+        native_lkdn.lkdb_forward(x, module.packed_tail, 1e-6)  # the wrong weights
+    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+        native_lkdn.lkdn_tail([x] * 4 + [x[:, :3]], x, module.packed_tail)

@@ -2,9 +2,10 @@
 
 The kernels (utils/kernels/lkdn_cpu.cpp) stream each distillation block, and then the tail (c1, c2, the
 upsampler and the pixel shuffle), row by row through all of their steps while the rows are in cache,
-instead of writing ~20 whole-image intermediates per block. The shallow features are FastLKDN's. Built for the machine it runs on (`-march=native`) with the system's C++ compiler, cached
-under `~/.cache/lkdn` (or `$LKDN_KERNEL_CACHE`), keyed by the source, the compiler and the CPU, and called
-through ctypes (no Python headers, no torch build). `native_available()` says why it cannot run, if it
+instead of writing ~20 whole-image intermediates per block. The shallow features are FastLKDN's. Built
+for the machine it runs on (`-march=native`) with the system's C++ compiler, cached under `~/.cache/lkdn`
+(or `$LKDN_KERNEL_CACHE`), keyed by the source, the compiler and the CPU, and called through ctypes (no
+Python headers, no torch build). `native_available()` says why it cannot run, if it
 cannot (no compiler, not float32 on a CPU); `make_runner("auto")` then falls back to `fast`.
 """
 
@@ -65,7 +66,9 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            raise KernelUnavailable(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[:300]}")
+            lines = done.stderr.strip().splitlines() or ["no message"]
+            first_error = next((line for line in lines if "error" in line), lines[0])
+            raise KernelUnavailable(f"{compiler} failed on {SOURCE.name}: {first_error[:200]}")
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -92,7 +95,7 @@ def load_kernel() -> ctypes.CDLL:
             continue
         _declare(lib)
         return lib
-    raise KernelUnavailable(errors[-1])
+    raise KernelUnavailable(errors[0])
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -132,7 +135,7 @@ def _depthwise_weights(weight: Tensor, bias: Tensor, width: int) -> list[Tensor]
 
 
 def pack_block(block: torch.nn.Module) -> Tensor:
-    """One FastLKDN block's weights in the order and padding of lkdb.cpp's `Params`."""
+    """One FastLKDN block's weights in the order and padding of lkdn_cpu.cpp's `Params`."""
     c = block.c6_w.shape[0]
     d = c // 2
     cp, g1p, dp = _round_up(c), _round_up(c + d), _round_up(d)
@@ -177,6 +180,15 @@ def _threads(threads: int | None) -> int:
     return torch.get_num_threads() if threads is None else threads
 
 
+def _check_nhwc(*tensors: Tensor, shape: torch.Size) -> None:
+    """The kernels read raw memory: anything but contiguous float32 CPU tensors of `shape` is refused."""
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() or t.shape != shape:
+            raise ValueError(
+                f"the native kernels take contiguous float32 CPU tensors of shape {tuple(shape)}"
+            )
+
+
 def lkdb_forward(
     x: Tensor, params: Tensor, eps: float, threads: int | None = None, out: Tensor | None = None
 ) -> Tensor:
@@ -184,6 +196,8 @@ def lkdb_forward(
     n, h, w, c = x.shape
     out = torch.empty_like(x) if out is None else out
     lib = load_kernel()
+    _check_nhwc(x, out, shape=x.shape)
+    _check_nhwc(params, shape=torch.Size([lib.lkdb_params_size(c)]))
     if lib.lkdb_forward(x.data_ptr(), out.data_ptr(), n, h, w, c, params.data_ptr(), eps, _threads(threads)):
         raise ValueError(f"the native kernel does not support {c} channels")
     return out
@@ -192,6 +206,8 @@ def lkdb_forward(
 def lkdn_tail(hidden: list[Tensor], feat: Tensor, params: Tensor, threads: int | None = None) -> Tensor:
     """c1 over the blocks' outputs, c2, the x4 upsampler and pixel shuffle: NHWC in, NCHW 3-channel out."""
     n, h, w, c = feat.shape
+    _check_nhwc(feat, *hidden, shape=feat.shape)
+    _check_nhwc(params, shape=torch.Size([load_kernel().lkdn_tail_params_size(c, len(hidden))]))
     out = torch.empty(n, 3, 4 * h, 4 * w)
     pointers = (ctypes.c_void_p * len(hidden))(*(t.data_ptr() for t in hidden))
     status = load_kernel().lkdn_tail(
@@ -255,7 +271,7 @@ class NativeLKDN(FastLKDN):
         return [flat[i * size : (i + 1) * size].view(shape) for i in range(count)]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.packed_tail.device.type != "cpu":
             return super().forward(x)
         feat = self.features(x)
         hidden = self._block_outputs(feat.shape)
