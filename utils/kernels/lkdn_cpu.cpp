@@ -25,7 +25,6 @@
 // here, with a few intrinsics where they matter), and it is correct on any target (tests build it both ways).
 
 #include <algorithm>
-#include <cstdint>
 #include <cstring>
 #include <thread>
 #include <type_traits>
