@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -229,6 +230,25 @@ struct Ring {
     size_t floats() const { return size_t(rows) * (width + 2 * kPadX) * lanes; }
 };
 
+// Places `rings` in `memory`, zeroed (columns a step never computes, outside the image, stay zero: the
+// depthwise convs' padding), followed by `scratch` floats, whose start is returned.
+float* place_rings(std::vector<float>& memory, std::initializer_list<Ring*> rings, size_t scratch) {
+    size_t total = scratch;
+    for (Ring* r : rings) total += r->floats();
+    memory.assign(total, 0.0f);
+    float* at = memory.data();
+    for (Ring* r : rings) {
+        r->data = at;
+        at += r->floats();
+    }
+    return at;
+}
+
+// Whether a step whose halo is `halo` rows computes row y, for output rows [r0, r1) of an h-row image.
+inline bool in_halo(int y, int halo, int r0, int r1, int h) {
+    return y >= std::max(0, r0 - halo) && y < std::min(h, r1 + halo);
+}
+
 // bias + depthwise KxK conv (dilation DIL) of `src` around row y, columns [x0, x1), rows outside [0, h) being
 // zero; the result of column x goes to epi(x - x0, vf[NV]).
 template <int NV, int K, int DIL, class Epi>
@@ -372,24 +392,14 @@ struct Block {
         Ring t[3] = {{3, lw, S::cp, nullptr}, {3, lw, S::cp, nullptr}, {3, lw, S::cp, nullptr}};
         Ring t4{3, lw, S::dp, nullptr}, dist{5, lw, S::dist, nullptr}, u{9, lw, S::cp, nullptr};
         Ring a0{5, lw, S::cp, nullptr}, a1{13, lw, S::cp, nullptr};
-        Ring* rings[] = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
-        size_t total = 0;
-        for (Ring* r : rings) total += r->floats();
-        // zero: columns a step never computes (outside the image) stay zero, the depthwise convs' padding
-        std::vector<float> memory(total + size_t(lw) * S::cp, 0.0f);
-        float* at = memory.data();
-        for (Ring* r : rings) {
-            r->data = at;
-            at += r->floats();
-        }
-        float* scratch = at;  // one row of a depthwise step's output, by local column
+        std::vector<float> memory;
+        // then one row of a depthwise step's output, by local column
+        float* scratch = place_rings(memory, {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1}, size_t(lw) * S::cp);
         float real[S::cp] = {};
         std::fill(real, real + S::c, 1.0f);
 
         constexpr int halo[7] = {12, 11, 10, 9, 8, 6, 0};
-        auto active = [&](int step, int y) {
-            return y >= std::max(0, r0 - halo[step]) && y < std::min(h, r1 + halo[step]);
-        };
+        auto active = [&](int step, int y) { return in_halo(y, halo[step], r0, r1, h); };
         int xa[7], xb[7], n[7];  // each step's local columns
         for (int step = 0; step < 7; ++step) {
             xa[step] = std::max(0, c0 - halo[step]) - base;
@@ -512,15 +522,11 @@ struct Tail {
     static void band(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
                      int w, int r0, int r1) {
         Ring t{3, w, S::cp, nullptr}, z{3, w, S::cp, nullptr};
-        std::vector<float> memory(t.floats() + z.floats() + size_t(w) * S::cp, 0.0f);
-        t.data = memory.data();
-        z.data = t.data + t.floats();
-        float* scratch = z.data + z.floats();
+        std::vector<float> memory;
+        float* scratch = place_rings(memory, {&t, &z}, size_t(w) * S::cp);
         std::vector<Source> sources(std::max(blocks, 9));
-        const int halo[3] = {2, 1, 0};
-        auto active = [&](int step, int y) {
-            return y >= std::max(0, r0 - halo[step]) && y < std::min(h, r1 + halo[step]);
-        };
+        constexpr int halo[3] = {2, 1, 0};
+        auto active = [&](int step, int y) { return in_halo(y, halo[step], r0, r1, h); };
         for (int k = r0 - 2; k < r1 + 2; ++k) {
             if (int y = k; active(0, y)) {
                 for (int b = 0; b < blocks; ++b)
