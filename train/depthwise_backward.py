@@ -2,10 +2,11 @@
 
 oneDNN computes the input gradient of a depthwise conv several times slower than the forward conv it equals
 (one thread, batch 16 of 42 x 64 x 64, channels-last: the 5x5 dilation-3 conv of LKA 16.6 ms against 2.8 ms; the
-5x5 3.2 against 1.9; benchmarks/bench_depthwise.py). For a stride-1 conv with "same" padding that gradient *is* a depthwise conv of the output
-gradient with the kernel flipped in space, so the backward runs that; the weight and bias gradients stay
-oneDNN's. The numbers are the same up to float rounding (tested). On a GPU, or under autocast, or without
-gradients, the plain conv runs: cuDNN needs no help, and autocast keeps its own casting rules.
+5x5 3.2 against 1.9; benchmarks/bench_depthwise.py). For a stride-1 conv with "same" padding that gradient *is*
+a depthwise conv of the output gradient with the kernel flipped in space, so the backward runs that; the weight
+and bias gradients stay oneDNN's. The numbers are the same up to float rounding (tested). On a GPU, or under
+autocast, or without gradients, the plain conv runs: cuDNN needs no help, and autocast keeps its own casting
+rules.
 """
 
 from __future__ import annotations
