@@ -8,7 +8,7 @@ import torch
 from test_fast_inference import ATOL, ODD_SHAPES, perturbed, reference_output
 
 from models import LKDN, lkdn, lkdn_s
-from utils import native_lkdn
+from utils import native_build, native_lkdn
 from utils.checkpoint import build_model_from_checkpoint
 from utils.image_io import read_rgb, to_tensor
 from utils.inference_backends import make_runner
@@ -161,7 +161,7 @@ def test_a_build_is_cached_by_source_compiler_and_cpu(fresh_kernel_build):
 @needs_kernels
 def test_the_portable_build_computes_the_same_function(fresh_kernel_build, monkeypatch, random_lkdn_s):
     """The build without -march=native (the fallback for compilers that lack it): generic vector code."""
-    monkeypatch.setattr(native_lkdn, "_FLAG_SETS", (["-O3"],))
+    monkeypatch.setattr(native_build, "FLAG_SETS", (["-O3"],))
     x = torch.rand(2, 3, 19, 27, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(
         native_output(random_lkdn_s, x), reference_output(random_lkdn_s, x), atol=ATOL, rtol=0

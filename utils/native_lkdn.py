@@ -2,25 +2,16 @@
 
 The kernels (utils/kernels/lkdn_cpu.cpp) stream each distillation block, and then the tail (c1, c2, the
 upsampler and the pixel shuffle), row by row through all of their steps while the rows are in cache,
-instead of writing ~20 whole-image intermediates per block. The shallow features are FastLKDN's. Built
-for the machine it runs on (`-march=native`) with the system's C++ compiler, cached under `~/.cache/lkdn`
-(or `$LKDN_KERNEL_CACHE`), keyed by the source, the compiler and the CPU, and called through ctypes (no
-Python headers, no torch build). `native_available()` says why it cannot run, if it
-cannot (no compiler, not float32 on a CPU); `make_runner("auto")` then falls back to `fast`.
+instead of writing ~20 whole-image intermediates per block. The shallow features are FastLKDN's. Built on
+first use by utils/native_build.py. `native_available()` says why it cannot run, if it cannot (no compiler,
+not float32 on a CPU); `make_runner("auto")` then falls back to `fast`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,74 +19,22 @@ from torch import Tensor
 
 from models import LKDN
 from utils.fast_lkdn import FastLKDN
+from utils.native_build import KERNELS, KernelUnavailable, build_and_load
 
-SOURCE = Path(__file__).with_name("kernels") / "lkdn_cpu.cpp"
+SOURCE = KERNELS / "lkdn_cpu.cpp"
 LANES = 16  # the kernel's vector width in floats; padded widths are multiples of it
-_FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second for compilers without -march=native
-
-
-class KernelUnavailable(RuntimeError):
-    """The native kernel cannot be built or loaded here (the message says why)."""
 
 
 def _round_up(n: int) -> int:
     return -(-n // LANES) * LANES
 
 
-def _cpu_key() -> str:
-    """What a `-march=native` binary depends on: the CPU's instruction-set flags where Linux lists them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LKDN_KERNEL_CACHE") or Path.home() / ".cache" / "lkdn")
-
-
-def _compile(compiler: str, flags: list[str], target: Path) -> None:
-    """Compile to a temporary file beside `target`, then rename: never a half-written library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
-    os.close(fd)
-    cmd = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", tmp]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines() or ["no message"]
-            first_error = next((line for line in lines if "error" in line), lines[0])
-            raise KernelUnavailable(f"{compiler} failed on {SOURCE.name}: {first_error[:200]}")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
     """The compiled kernel, built on first use; raises KernelUnavailable with the reason."""
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if compiler is None:
-        raise KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
-    errors = []
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            "\n".join([SOURCE.read_text(), compiler, " ".join(flags), _cpu_key()]).encode()
-        ).hexdigest()[:16]
-        target = cache_dir() / f"lkdn_cpu_{key}.so"
-        try:
-            if not target.exists():
-                _compile(compiler, flags, target)
-            lib = ctypes.CDLL(str(target))
-        except (KernelUnavailable, OSError, subprocess.SubprocessError) as err:
-            errors.append(str(err))
-            continue
-        _declare(lib)
-        return lib
-    raise KernelUnavailable(errors[0])
+    lib = build_and_load(SOURCE)
+    _declare(lib)
+    return lib
 
 
 def _declare(lib: ctypes.CDLL) -> None:
