@@ -1,10 +1,11 @@
-"""oneDNN's depthwise-conv gradients on this CPU: why train/depthwise_backward.py exists, and what it leaves.
+"""oneDNN's conv gradients on this CPU against what train/conv_backward.py runs instead.
 
     python benchmarks/bench_depthwise.py [--threads 1] [--batch 16] [--size 64] [--runs 8]
 
-One LKDN-S-sized batch (42 channels, channels-last). Prints, per kernel shape, the median time of the weight
-gradient and of the input gradient as oneDNN computes them, and of the input gradient computed as a forward conv
-with the flipped kernel (what training on a CPU runs), with the largest difference between the two.
+One LKDN-S-sized batch (channels-last). Prints, per depthwise kernel shape (42 channels), the median time of the
+weight gradient as oneDNN and as the C++ kernel compute it, and of the input gradient as oneDNN computes it and as
+a forward conv with the flipped kernel, with the largest difference between the two input gradients; then, per
+1x1 conv shape of LKDN-S, oneDNN's three gradients against the C++ kernel's one pass.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from utils.native_conv_grad import depthwise_weight_grad, pointwise_backward
+
 CHANNELS = 42
 SHAPES = [(3, 3, 1), (5, 1, 1), (1, 5, 1), (5, 5, 1), (3, 3, 3), (5, 5, 3)]  # (kh, kw, dilation)
+POINTWISE = [(42, 42), (42, 21), (84, 42), (210, 42)]  # LKDN-S's 1x1 convs (in, out channels)
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -50,11 +54,30 @@ def measure_shape(x: torch.Tensor, grad: torch.Tensor, kh: int, kw: int, dilatio
     def as_forward() -> torch.Tensor:
         return F.conv2d(grad, weight.flip(2, 3), None, 1, padding, dilation, CHANNELS)
 
+    def native() -> tuple:
+        return depthwise_weight_grad(grad, x, (kh, kw), (dilation,) * 2, tuple(padding), with_bias=False)
+
     wgrad = median_ms(lambda: backward([False, True, False]), runs)
+    native_wgrad = median_ms(native, runs)
     igrad = median_ms(lambda: backward([True, False, False]), runs)
     flipped = median_ms(as_forward, runs)
     diff = (backward([True, False, False])[0] - as_forward()).abs().max().item()
-    return f"{wgrad:>12.1f} {igrad:>11.1f} {flipped:>11.1f} {diff:>10.1e}"
+    return f"{wgrad:>12.1f} {native_wgrad:>7.1f} {igrad:>11.1f} {flipped:>11.1f} {diff:>10.1e}"
+
+
+def measure_pointwise(batch: int, size: int, in_ch: int, out_ch: int, runs: int) -> str:
+    """One row: a 1x1 conv's input, weight and bias gradients by oneDNN, then by the C++ kernel's one pass."""
+    x = torch.randn(batch, in_ch, size, size).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(batch, out_ch, size, size).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out_ch, in_ch, 1, 1)
+    onednn = median_ms(
+        lambda: torch.ops.aten.convolution_backward(
+            grad, x, weight, [out_ch], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]
+        ),
+        runs,
+    )
+    native = median_ms(lambda: pointwise_backward(grad, x, weight, (True, True, True)), runs)
+    return f"{onednn:>12.1f} {native:>7.1f}"
 
 
 def main() -> None:
@@ -70,13 +93,18 @@ def main() -> None:
     shape = (args.batch, CHANNELS, args.size, args.size)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    print(f"conv gradients, batch {shape}, channels-last, {args.threads} thread(s), median of {args.runs}")
+    print(f"{'':>12} {'weight grad':>12} {'':>7} {'input grad':>11}")
     print(
-        f"depthwise conv gradients, batch {shape}, channels-last, {args.threads} thread(s), median of {args.runs}"
+        f"{'depthwise':>12} {'oneDNN':>12} {'native':>7} {'oneDNN':>11} {'as forward':>11} {'max|diff|':>10}  [ms]"
     )
-    print(f"{'kernel':>12} {'weight grad':>12} {'input grad':>11} {'as forward':>11} {'max|diff|':>10}  [ms]")
     for kh, kw, dilation in SHAPES:
         name = f"{kh}x{kw}" + (f" d{dilation}" if dilation > 1 else "")
         print(f"{name:>12} " + measure_shape(x, grad, kh, kw, dilation, args.runs))
+    print(f"{'1x1 in->out':>12} {'all grads':>12} {'native':>7}  [ms]")
+    for in_ch, out_ch in POINTWISE:
+        row = measure_pointwise(args.batch, args.size, in_ch, out_ch, args.runs)
+        print(f"{f'{in_ch}->{out_ch}':>12} " + row)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
     python benchmarks/bench_train.py [--batch 16] [--lr_patch 64] [--rounds 10] [--threads N]
 
-A step is forward, L1 loss, backward and an Adam step on LKDN-S x4 (training form); the last variant,
-online-fused fp32 with channels-last activations and the depthwise convs' input gradient run as a forward conv
-(train/depthwise_backward.py), is what train/train_lkdn.py runs by default on a CPU. The variants run
+A step is forward, L1 loss, backward and an Adam step on LKDN-S x4 (training form). The last rows add, one
+at a time, what train/train_lkdn.py runs by default on a CPU: channels-last activations, the conv gradients of
+train/conv_backward.py (C++ kernels where oneDNN is slow), and GELU through the NHWC view
+(train/nhwc_gelu.py); the last row is the trainer's step. The variants run
 interleaved, round after round, so a busy machine slows all of them alike; the medians and their ratios are
 printed. Online fusion must be at least 2x the multi-branch form in fp32.
 """
@@ -25,7 +26,8 @@ from contextlib import nullcontext
 import torch
 
 from models import lkdn_s
-from train.depthwise_backward import use_flipped_input_gradient
+from train.conv_backward import use_fast_conv_backward
+from train.nhwc_gelu import use_nhwc_gelu
 
 
 def make_step(
@@ -34,13 +36,16 @@ def make_step(
     batch: int,
     lr_patch: int,
     channels_last: bool = False,
-    flipped_gradient: bool = False,
+    fast_conv_backward: bool = False,
+    nhwc_gelu: bool = False,
 ):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = lkdn_s(online_fusion=online_fusion).train().to(memory_format=memory_format)
-    if flipped_gradient:
-        use_flipped_input_gradient(model)
+    if fast_conv_backward:
+        use_fast_conv_backward(model)
+    if nhwc_gelu:
+        use_nhwc_gelu(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
     lr = torch.rand(batch, 3, lr_patch, lr_patch).contiguous(memory_format=memory_format)
     hr = torch.rand(batch, 3, 4 * lr_patch, 4 * lr_patch)
@@ -75,8 +80,17 @@ def main() -> None:
         "online-fused fp32": make_step(True, False, args.batch, args.lr_patch),
         "online-fused bf16": make_step(True, True, args.batch, args.lr_patch),
         "online-fused fp32 NHWC": make_step(True, False, args.batch, args.lr_patch, channels_last=True),
-        "+ flipped dw gradient": make_step(
-            True, False, args.batch, args.lr_patch, channels_last=True, flipped_gradient=True
+        "+ fast conv backward": make_step(
+            True, False, args.batch, args.lr_patch, channels_last=True, fast_conv_backward=True
+        ),
+        "+ NHWC GELU (trainer)": make_step(
+            True,
+            False,
+            args.batch,
+            args.lr_patch,
+            channels_last=True,
+            fast_conv_backward=True,
+            nhwc_gelu=True,
         ),
     }
     for step in variants.values():
@@ -94,10 +108,10 @@ def main() -> None:
         f"LKDN-S x4 training step, batch {args.batch} of {args.lr_patch}x{args.lr_patch} LR patches, "
         f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds"
     )
-    print(f"{'variant':<24} {'step [ms]':>10} {'patches/s':>10} {'vs multi-branch':>16}")
+    print(f"{'variant':<26} {'step [ms]':>10} {'patches/s':>10} {'vs multi-branch':>16}")
     for name, samples in times.items():
         median = statistics.median(samples)
-        print(f"{name:<24} {1000 * median:>10.1f} {args.batch / median:>10.1f} {base / median:>15.2f}x")
+        print(f"{name:<26} {1000 * median:>10.1f} {args.batch / median:>10.1f} {base / median:>15.2f}x")
 
 
 if __name__ == "__main__":

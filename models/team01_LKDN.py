@@ -65,7 +65,9 @@ class RBSB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.online_fusion:
             pw, dw, bias = self.fused_params()
-            return F.conv2d(F.conv2d(x, pw), dw, bias, padding=1, groups=dw.shape[0])
+            # through the branch modules' own conv calls, so that a specialized module (training's CPU
+            # backward, train/conv_backward.py) applies to the fused weights too
+            return self.dw._conv_forward(self.pw._conv_forward(x, pw, None), dw, bias)
         y = self.pw(x) + x
         return self.dw(y) + y + self.rep1x1(y)
 

@@ -28,9 +28,10 @@ from data.prepare import prepare_pairs
 from models import LKDN, fuse_model
 from train import state as run_state
 from train.config import TrainConfig
-from train.depthwise_backward import use_flipped_input_gradient
+from train.conv_backward import use_fast_conv_backward
 from train.distributed import DistInfo, barrier, init_distributed, shutdown
 from train.ema import EMA
+from train.nhwc_gelu import use_nhwc_gelu
 from train.optim import build_loss, build_optimizer, build_scheduler
 from utils.atomic_write import save_atomic
 from utils.checkpoint import load_checkpoint, load_state
@@ -169,8 +170,9 @@ class Trainer:
             log.info("initialised from %s", config.init_from)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
-        if self.device.type == "cpu":  # a CPU-only speed-up of the backward pass, same gradients
-            use_flipped_input_gradient(self.model)
+        if self.device.type == "cpu":  # CPU-only speed-ups that change no number
+            use_fast_conv_backward(self.model)
+            use_nhwc_gelu(self.model)
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = build_optimizer(self.model.parameters(), config)
         self.scheduler = build_scheduler(self.optimizer, config)

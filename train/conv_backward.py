@@ -1,0 +1,209 @@
+"""Faster CPU backward passes for LKDN's depthwise and 1x1 convs, used while training.
+
+oneDNN's conv gradients on a CPU cost several times the forward conv (one thread, batch 16 of 42 x 64 x 64,
+channels-last; benchmarks/bench_depthwise.py):
+
+- the input gradient of a depthwise conv (the 5x5 dilation-3 conv of LKA 16.6 ms against 2.8 ms forward). For a
+  stride-1 conv with "same" padding it *is* a depthwise conv of the output gradient with the kernel flipped in
+  space, so the backward runs that;
+- the weight gradient of the 5x5 and dilated 5x5 depthwise convs (20-25 ms): a C++ kernel takes it (3.5-4 ms,
+  utils/native_conv_grad.py), and the 3x3's too (1.3 against 1.9 ms);
+- the three gradients of a 1x1 conv, in separate passes: the C++ kernel computes them in one pass over tiles of
+  pixels.
+
+The numbers are the same up to float rounding (tested). On a GPU, under autocast, without gradients, or when
+the C++ kernels cannot be built, the plain conv or oneDNN's gradients run: cuDNN needs no help, and autocast
+keeps its own casting rules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.team01_LKDN import LKDB, RBSB
+from utils.native_conv_grad import (
+    depthwise_weight_grad,
+    is_channels_last_float,
+    native_conv_grad_available,
+    pointwise_backward,
+)
+
+
+def _speeds_up(x: Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _native(*tensors: Tensor) -> bool:
+    """Whether the C++ kernels take these tensors: channels-last float32 on the CPU, kernels built here."""
+    return all(is_channels_last_float(t) for t in tensors) and native_conv_grad_available() is None
+
+
+class _FlippedInputGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, dilation: tuple
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
+        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        if is_channels_last_float(x):  # the layout the kernels and oneDNN's fast paths read
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        channels = x.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, ctx.padding, ctx.dilation, channels)
+        mask = [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        if (mask[1] or mask[2]) and _native(grad, x):
+            grad_w, grad_b = depthwise_weight_grad(
+                grad, x, tuple(weight.shape[2:]), ctx.dilation, ctx.padding, with_bias=mask[2]
+            )
+            grad_w = grad_w if mask[1] else None
+        elif mask[1] or mask[2]:
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, [channels] if ctx.has_bias else None, [1, 1], list(ctx.padding),
+                list(ctx.dilation), False, [0, 0], channels, mask,
+            )  # fmt: skip
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _NativePointwiseBackward(torch.autograd.Function):
+    """1x1 convs of one input x, (x, weight_1, bias_1, weight_2, bias_2, ...) -> (y_1, y_2, ...): forward by
+    oneDNN, backward by the C++ kernel in one pass over x, the input gradient summed over the convs."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *weights_and_biases: Tensor | None) -> tuple[Tensor, ...]:
+        weights, biases = weights_and_biases[0::2], weights_and_biases[1::2]
+        ctx.save_for_backward(x, *weights)
+        ctx.has_bias = [b is not None for b in biases]
+        return tuple(F.conv2d(x, w, b) for w, b in zip(weights, biases, strict=True))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        x, *weights = ctx.saved_tensors
+        wants_input, wants_weight = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1::2])
+        wants_bias = any(n and b for n, b in zip(ctx.needs_input_grad[2::2], ctx.has_bias, strict=True))
+        grads = [g.contiguous(memory_format=torch.channels_last) for g in grads]
+        if _native(x, *grads):
+            grad_x, grad_w, grad_b = pointwise_backward(
+                grads, x, weights, (wants_input, wants_weight, wants_bias)
+            )
+        else:
+            parts = [
+                torch.ops.aten.convolution_backward(
+                    g,
+                    x,
+                    w,
+                    [w.shape[0]],
+                    [1, 1],
+                    [0, 0],
+                    [1, 1],
+                    False,
+                    [0, 0],
+                    1,
+                    [wants_input, wants_weight, wants_bias],
+                )  # fmt: skip
+                for g, w in zip(grads, weights, strict=True)
+            ]
+            grad_x = sum(p[0] for p in parts) if wants_input else None
+            grad_w, grad_b = [p[1] for p in parts], [p[2] for p in parts]
+        result: list[Tensor | None] = [grad_x]
+        for i, has_bias in enumerate(ctx.has_bias):
+            result.append(grad_w[i] if ctx.needs_input_grad[1 + 2 * i] else None)
+            result.append(grad_b[i] if has_bias and ctx.needs_input_grad[2 + 2 * i] else None)
+        return tuple(result)
+
+
+def pointwise_convs(x: Tensor, *weights_and_biases: Tensor | None) -> tuple[Tensor, ...]:
+    """1x1 convs of `x` (weight, bias pairs; a bias may be None) whose gradients the C++ kernel computes in one
+    pass on a CPU for channels-last float32 tensors; elsewhere plain convs."""
+    if _speeds_up(x) and is_channels_last_float(x):
+        return _NativePointwiseBackward.apply(x, *weights_and_biases)
+    pairs = zip(weights_and_biases[0::2], weights_and_biases[1::2], strict=True)
+    return tuple(F.conv2d(x, w, b) for w, b in pairs)
+
+
+class FlippedGradDepthwiseConv2d(nn.Conv2d):
+    """A stride-1 "same" depthwise nn.Conv2d whose gradients run fast on a CPU (see the module docstring)."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # nn.Conv2d.forward calls this with the module's parameters; RBSB calls it with its fused weights
+        if _speeds_up(x):
+            return _FlippedInputGradient.apply(x, weight, bias, self.padding, self.dilation)
+        return super()._conv_forward(x, weight, bias)
+
+
+class NativeGradPointwiseConv2d(nn.Conv2d):
+    """A 1x1 nn.Conv2d whose three gradients the C++ kernel computes in one pass on a CPU."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return pointwise_convs(x, weight, bias)[0]
+
+
+class SharedInputLKDB(LKDB):
+    """An LKDB whose three distillation steps each run their two 1x1 convs of one input, the refine branch's
+    (fused online) and the distillation conv, as one `pointwise_convs` call: one backward pass over the input
+    instead of two, and no separate sum of their input gradients. The same function as LKDB.forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps = [(self.c1_r, self.c1_d), (self.c2_r, self.c2_d), (self.c3_r, self.c3_d)]
+        if not all(isinstance(refine, RBSB) and refine.online_fusion for refine, _ in steps):
+            return super().forward(x)
+        distilled, h = [], x
+        for refine, distill in steps:
+            pw, dw, bias = refine.fused_params()
+            before_dw, d = pointwise_convs(h, pw, None, distill.weight, distill.bias)
+            distilled.append(d)
+            h = self.act(refine.dw._conv_forward(before_dw, dw, bias))
+        distilled.append(self.c4(h))
+        return self.pixel_norm(self.c6(self.atten(self.c5(self.act(torch.cat(distilled, dim=1)))))) + x
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.stride == (1, 1)
+    )
+
+
+def _same_depthwise(conv: nn.Conv2d) -> bool:
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    same = all(
+        p * 2 == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size, strict=True)
+    )
+    return depthwise and same and conv.kernel_size != (1, 1)
+
+
+def _pointwise(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)
+
+
+def use_fast_conv_backward(model: nn.Module) -> int:
+    """Turn every stride-1 "same" depthwise conv of `model` into a FlippedGradDepthwiseConv2d, every 1x1 conv
+    into a NativeGradPointwiseConv2d and every LKDB into a SharedInputLKDB, in place; the parameters,
+    state-dict keys and outputs stay as they are. Returns how many convs changed."""
+    for block in [module for module in model.modules() if type(module) is LKDB]:
+        block.__class__ = SharedInputLKDB
+    changed = 0
+    for conv in [module for module in model.modules() if _plain_conv(module)]:
+        # subclasses that add no state: only the conv call differs
+        if _same_depthwise(conv):
+            conv.__class__ = FlippedGradDepthwiseConv2d
+        elif _pointwise(conv):
+            conv.__class__ = NativeGradPointwiseConv2d
+        else:
+            continue
+        changed += 1
+    return changed

@@ -1,0 +1,30 @@
+"""GELU on channels-last activations through their NHWC view, used while training on a CPU.
+
+PyTorch's CPU GELU takes about twice as long on a channels-last NCHW tensor as on the same memory seen as a
+contiguous NHWC tensor (one thread, 16 x 42 x 64 x 64: 2.8 against 1.3 ms forward, 3.9 against 2.8 ms
+backward; benchmarks/bench_train.py shows the step). The same function on the same numbers; only the loop
+differs (the vectorized one rounds within float32 tolerance of the other, tested).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class NHWCGELU(nn.GELU):
+    """nn.GELU that runs a channels-last 4-D input through its contiguous NHWC view."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+def use_nhwc_gelu(model: nn.Module) -> int:
+    """Turn every nn.GELU of `model` into an NHWCGELU, in place (no state changes). Returns how many."""
+    activations = [module for module in model.modules() if type(module) is nn.GELU]
+    for module in activations:
+        module.__class__ = NHWCGELU  # a subclass that adds no state: only forward differs
+    return len(activations)
