@@ -28,7 +28,8 @@ from utils.native_conv_grad import depthwise_weight_grad, pointwise_backward
 
 CHANNELS = 42
 SHAPES = [(3, 3, 1), (5, 1, 1), (1, 5, 1), (5, 5, 1), (3, 3, 3), (5, 5, 3)]  # (kh, kw, dilation)
-POINTWISE = [(42, 42), (42, 21), (84, 42), (210, 42)]  # LKDN-S's 1x1 convs (in, out channels)
+# LKDN-S's 1x1 convs (in channels, out channels of each conv of that input)
+POINTWISE = [(42, (42,)), (42, (21,)), (84, (42,)), (210, (42,)), (42, (42, 21))]
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -65,19 +66,24 @@ def measure_shape(x: torch.Tensor, grad: torch.Tensor, kh: int, kw: int, dilatio
     return f"{wgrad:>12.1f} {native_wgrad:>7.1f} {igrad:>11.1f} {flipped:>11.1f} {diff:>10.1e}"
 
 
-def measure_pointwise(batch: int, size: int, in_ch: int, out_ch: int, runs: int) -> str:
-    """One row: a 1x1 conv's input, weight and bias gradients by oneDNN, then by the C++ kernel's one pass."""
+def measure_pointwise(batch: int, size: int, in_ch: int, outs: tuple[int, ...], runs: int) -> str:
+    """One row: the gradients of 1x1 convs of one input (input gradient summed) by oneDNN, one call per conv,
+    then by the C++ kernel's one pass."""
     x = torch.randn(batch, in_ch, size, size).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(batch, out_ch, size, size).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(out_ch, in_ch, 1, 1)
-    onednn = median_ms(
-        lambda: torch.ops.aten.convolution_backward(
-            grad, x, weight, [out_ch], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]
-        ),
-        runs,
-    )
-    native = median_ms(lambda: pointwise_backward(grad, x, weight, (True, True, True)), runs)
-    return f"{onednn:>12.1f} {native:>7.1f}"
+    grads = [torch.randn(batch, co, size, size).contiguous(memory_format=torch.channels_last) for co in outs]
+    weights = [torch.randn(co, in_ch, 1, 1) for co in outs]
+
+    def onednn() -> torch.Tensor:
+        parts = [
+            torch.ops.aten.convolution_backward(
+                g, x, w, [w.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]
+            )
+            for g, w in zip(grads, weights, strict=True)
+        ]
+        return sum(p[0] for p in parts)
+
+    native = median_ms(lambda: pointwise_backward(grads, x, weights, (True, True, True)), runs)
+    return f"{median_ms(onednn, runs):>12.1f} {native:>7.1f}"
 
 
 def main() -> None:
@@ -102,9 +108,9 @@ def main() -> None:
         name = f"{kh}x{kw}" + (f" d{dilation}" if dilation > 1 else "")
         print(f"{name:>12} " + measure_shape(x, grad, kh, kw, dilation, args.runs))
     print(f"{'1x1 in->out':>12} {'all grads':>12} {'native':>7}  [ms]")
-    for in_ch, out_ch in POINTWISE:
-        row = measure_pointwise(args.batch, args.size, in_ch, out_ch, args.runs)
-        print(f"{f'{in_ch}->{out_ch}':>12} " + row)
+    for in_ch, outs in POINTWISE:
+        row = measure_pointwise(args.batch, args.size, in_ch, outs, args.runs)
+        print(f"{f'{in_ch}->' + '+'.join(map(str, outs)):>12} " + row)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from torch import nn
 from models import lkdn_s
 from train import conv_backward
 from train.conv_backward import (
-    FlippedGradDepthwiseConv2d,
-    NativeGradPointwiseConv2d,
+    FastGradDepthwiseConv2d,
+    FastGradPointwiseConv2d,
     SharedInputLKDB,
     use_fast_conv_backward,
 )
@@ -50,7 +50,7 @@ def test_depthwise_gradients_equal_the_plain_conv(kernel, dilation, channels_las
     torch.manual_seed(kernel + dilation)
     conv = nn.Conv2d(6, 6, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=6)
     fast = copy.deepcopy(conv)
-    assert use_fast_conv_backward(fast) == 1 and type(fast) is FlippedGradDepthwiseConv2d
+    assert use_fast_conv_backward(fast) == 1 and type(fast) is FastGradDepthwiseConv2d
     _assert_same_grads(fast, conv, _input(6, channels_last))
 
 
@@ -61,7 +61,7 @@ def test_pointwise_gradients_equal_the_plain_conv(in_ch, out_ch, bias, channels_
     torch.manual_seed(in_ch + out_ch)
     conv = nn.Conv2d(in_ch, out_ch, 1, bias=bias)
     fast = copy.deepcopy(conv)
-    assert use_fast_conv_backward(fast) == 1 and type(fast) is NativeGradPointwiseConv2d
+    assert use_fast_conv_backward(fast) == 1 and type(fast) is FastGradPointwiseConv2d
     _assert_same_grads(fast, conv, _input(in_ch, channels_last))
 
 
@@ -109,8 +109,8 @@ def test_only_the_convs_the_kernels_were_written_for_change():
     )
     assert use_fast_conv_backward(model) == 2
     assert [type(m).__name__ for m in model[:3]] == [
-        "FlippedGradDepthwiseConv2d",
-        "NativeGradPointwiseConv2d",
+        "FastGradDepthwiseConv2d",
+        "FastGradPointwiseConv2d",
         "Conv2d",
     ]
     assert all(type(m) is nn.Conv2d for m in model[2:])
@@ -146,20 +146,18 @@ def test_online_fusion_runs_the_rbsb_convs_through_the_fast_modules():
         seen.add(node)
         names.append(type(node).__name__)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    assert names.count("_FlippedInputGradientBackward") == 1 + 5 * 6 + 1
+    assert names.count("_FastDepthwiseBackward") == 1 + 5 * 6 + 1
     # c1 and c2.pw; in each block the three refine + distillation pairs (one node each), c4.pw, c5, LKA's
     # pointwise and c6; not fea_conv.pw (its input, the repeated image, is not channels-last) nor the
     # upsampler's (fused online)
-    assert names.count("_NativePointwiseBackwardBackward") == 2 + 5 * (3 + 4)
+    assert names.count("_FastPointwiseBackward") == 2 + 5 * (3 + 4)
 
 
 def test_falls_back_to_the_plain_conv_under_autocast_and_without_gradients():
     convs = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.Conv2d(4, 4, 1))
     use_fast_conv_backward(convs)
     x = torch.rand(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
-    for conv, node in zip(
-        convs, ["_FlippedInputGradientBackward", "_NativePointwiseBackwardBackward"], strict=True
-    ):
+    for conv, node in zip(convs, ["_FastDepthwiseBackward", "_FastPointwiseBackward"], strict=True):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert conv(x).dtype == torch.bfloat16
         with torch.no_grad():

@@ -109,6 +109,8 @@ def test_the_kernels_refuse_what_they_cannot_read():
         pointwise_backward([x], x, [torch.zeros(6, 5, 1, 1)], (True, True, True))
     with pytest.raises(ValueError, match="do not match"):
         pointwise_backward([x] * 5, x, [torch.zeros(6, 6, 1, 1)] * 5, (True, True, True))
+    with pytest.raises(ValueError, match="channels-last"):
+        pointwise_backward([x], x[0], [torch.zeros(6, 6, 1, 1)], (True, True, True))  # not 4-D
 
 
 @pytest.mark.parametrize("flags, use_openmp", [((["-O3"],), True), (native_build.FLAG_SETS, False)])

@@ -6,10 +6,11 @@ channels-last; benchmarks/bench_depthwise.py):
 - the input gradient of a depthwise conv (the 5x5 dilation-3 conv of LKA 16.6 ms against 2.8 ms forward). For a
   stride-1 conv with "same" padding it *is* a depthwise conv of the output gradient with the kernel flipped in
   space, so the backward runs that;
-- the weight gradient of the 5x5 and dilated 5x5 depthwise convs (20-25 ms): a C++ kernel takes it (3.5-4 ms,
-  utils/native_conv_grad.py), and the 3x3's too (1.3 against 1.9 ms);
+- the weight gradient of the 5x5 and dilated 5x5 depthwise convs (20-25 ms): a C++ kernel takes it (3-4 ms,
+  utils/native_conv_grad.py), and the 3x3's too (about as fast as oneDNN's);
 - the three gradients of a 1x1 conv, in separate passes: the C++ kernel computes them in one pass over tiles of
-  pixels.
+  pixels, and SharedInputLKDB runs each distillation step's two 1x1 convs of one input (the refine branch's
+  and the distillation conv) through one such pass.
 
 The numbers are the same up to float rounding (tested). On a GPU, under autocast, without gradients, or when
 the C++ kernels cannot be built, the plain conv or oneDNN's gradients run: cuDNN needs no help, and autocast
@@ -45,7 +46,7 @@ def _native(*tensors: Tensor) -> bool:
     return all(is_channels_last_float(t) for t in tensors) and native_conv_grad_available() is None
 
 
-class _FlippedInputGradient(torch.autograd.Function):
+class _FastDepthwise(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, dilation: tuple
@@ -77,7 +78,14 @@ class _FlippedInputGradient(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-class _NativePointwiseBackward(torch.autograd.Function):
+def _onednn_pointwise_backward(grad: Tensor, x: Tensor, weight: Tensor, mask: list[bool]) -> tuple:
+    out = weight.shape[0]
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+    )
+
+
+class _FastPointwise(torch.autograd.Function):
     """1x1 convs of one input x, (x, weight_1, bias_1, weight_2, bias_2, ...) -> (y_1, y_2, ...): forward by
     oneDNN, backward by the C++ kernel in one pass over x, the input gradient summed over the convs."""
 
@@ -99,22 +107,8 @@ class _NativePointwiseBackward(torch.autograd.Function):
                 grads, x, weights, (wants_input, wants_weight, wants_bias)
             )
         else:
-            parts = [
-                torch.ops.aten.convolution_backward(
-                    g,
-                    x,
-                    w,
-                    [w.shape[0]],
-                    [1, 1],
-                    [0, 0],
-                    [1, 1],
-                    False,
-                    [0, 0],
-                    1,
-                    [wants_input, wants_weight, wants_bias],
-                )  # fmt: skip
-                for g, w in zip(grads, weights, strict=True)
-            ]
+            mask = [wants_input, wants_weight, wants_bias]
+            parts = [_onednn_pointwise_backward(g, x, w, mask) for g, w in zip(grads, weights, strict=True)]
             grad_x = sum(p[0] for p in parts) if wants_input else None
             grad_w, grad_b = [p[1] for p in parts], [p[2] for p in parts]
         result: list[Tensor | None] = [grad_x]
@@ -128,22 +122,22 @@ def pointwise_convs(x: Tensor, *weights_and_biases: Tensor | None) -> tuple[Tens
     """1x1 convs of `x` (weight, bias pairs; a bias may be None) whose gradients the C++ kernel computes in one
     pass on a CPU for channels-last float32 tensors; elsewhere plain convs."""
     if _speeds_up(x) and is_channels_last_float(x):
-        return _NativePointwiseBackward.apply(x, *weights_and_biases)
+        return _FastPointwise.apply(x, *weights_and_biases)
     pairs = zip(weights_and_biases[0::2], weights_and_biases[1::2], strict=True)
     return tuple(F.conv2d(x, w, b) for w, b in pairs)
 
 
-class FlippedGradDepthwiseConv2d(nn.Conv2d):
+class FastGradDepthwiseConv2d(nn.Conv2d):
     """A stride-1 "same" depthwise nn.Conv2d whose gradients run fast on a CPU (see the module docstring)."""
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         # nn.Conv2d.forward calls this with the module's parameters; RBSB calls it with its fused weights
         if _speeds_up(x):
-            return _FlippedInputGradient.apply(x, weight, bias, self.padding, self.dilation)
+            return _FastDepthwise.apply(x, weight, bias, self.padding, self.dilation)
         return super()._conv_forward(x, weight, bias)
 
 
-class NativeGradPointwiseConv2d(nn.Conv2d):
+class FastGradPointwiseConv2d(nn.Conv2d):
     """A 1x1 nn.Conv2d whose three gradients the C++ kernel computes in one pass on a CPU."""
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -191,8 +185,8 @@ def _pointwise(conv: nn.Conv2d) -> bool:
 
 
 def use_fast_conv_backward(model: nn.Module) -> int:
-    """Turn every stride-1 "same" depthwise conv of `model` into a FlippedGradDepthwiseConv2d, every 1x1 conv
-    into a NativeGradPointwiseConv2d and every LKDB into a SharedInputLKDB, in place; the parameters,
+    """Turn every stride-1 "same" depthwise conv of `model` into a FastGradDepthwiseConv2d, every 1x1 conv
+    into a FastGradPointwiseConv2d and every LKDB into a SharedInputLKDB, in place; the parameters,
     state-dict keys and outputs stay as they are. Returns how many convs changed."""
     for block in [module for module in model.modules() if type(module) is LKDB]:
         block.__class__ = SharedInputLKDB
@@ -200,9 +194,9 @@ def use_fast_conv_backward(model: nn.Module) -> int:
     for conv in [module for module in model.modules() if _plain_conv(module)]:
         # subclasses that add no state: only the conv call differs
         if _same_depthwise(conv):
-            conv.__class__ = FlippedGradDepthwiseConv2d
+            conv.__class__ = FastGradDepthwiseConv2d
         elif _pointwise(conv):
-            conv.__class__ = NativeGradPointwiseConv2d
+            conv.__class__ = FastGradPointwiseConv2d
         else:
             continue
         changed += 1

@@ -45,7 +45,12 @@ def native_conv_grad_available() -> str | None:
 
 def is_channels_last_float(t: Tensor) -> bool:
     """What the kernel reads: a float32 CPU NCHW tensor whose memory is NHWC without gaps."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and t.permute(0, 2, 3, 1).is_contiguous()
+    return (
+        t.dim() == 4
+        and t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.permute(0, 2, 3, 1).is_contiguous()
+    )
 
 
 def depthwise_weight_grad(

@@ -1,13 +1,15 @@
 // Gradients of LKDN's convs on channels-last (NHWC) float32 tensors, for training on a CPU, where oneDNN's
 // are far slower than its forward convs.
 //
-// depthwise_weight_grad: weight and bias gradients of a stride-1 depthwise conv. Every (output row, tap) pair
-// is one contiguous multiply-add over the row's pixels x channels: in NHWC the output row and the input row
-// it reads for a tap are both contiguous spans, shifted by whole pixels. Each thread sums into its own small
-// buffer (see accumulate_rows), and the buffers are summed over threads at the end.
+// depthwise_weight_grad: weight and bias gradients of a stride-1 depthwise conv. In NHWC an output row and the
+// input row a tap reads are both contiguous spans of pixels x channels, shifted by whole pixels, so every
+// (row, tap) pair is one multiply-add over a span. For 3x3 and 5x5 kernels every tap's sum stays in a register
+// while a block of rows is swept (accumulate_rows_in_registers); other kernels add into a small buffer per
+// thread (accumulate_rows). The threads' sums are added at the end.
 //
-// pointwise_backward: input, weight and bias gradients of a 1x1 conv in one pass over tiles of pixels, while
-// each tile of the output gradient and the input is in cache (oneDNN reads them in separate passes).
+// pointwise_backward: input, weight and bias gradients of 1x1 convs of one input in one pass over tiles of
+// pixels, while each tile of the output gradients and the input is in cache (oneDNN reads them in separate
+// passes, once per conv, and the input gradients are summed afterwards).
 //
 // GCC/Clang vector extensions: built with -march=native they use what the CPU has (AVX-512 here, with
 // masked moves for partial vectors), and they are correct on any target (tests build both ways).
@@ -44,16 +46,6 @@ inline vf load(const float* p) {
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-// The first `n` lanes (1..16) of p as a vector, the rest zero; and the first `n` lanes of v to p.
-inline vf load_n(const float* p, int n) {
-#if defined(__AVX512F__)
-    return vf(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
-#else
-    vf v{};
-    std::memcpy(&v, p, n * sizeof(float));
-    return v;
-#endif
-}
 // Lanes [lo, hi) of p as a vector, the others zero; p + lane is only read for those lanes.
 inline vf load_range(const float* p, int lo, int hi) {
 #if defined(__AVX512F__)
@@ -64,6 +56,8 @@ inline vf load_range(const float* p, int lo, int hi) {
     return v;
 #endif
 }
+// The first `n` lanes (1..16) of p as a vector, the rest zero; and the first `n` lanes of v to p.
+inline vf load_n(const float* p, int n) { return load_range(p, 0, n); }
 inline void store_n(float* p, vf v, int n) {
 #if defined(__AVX512F__)
     _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
@@ -136,7 +130,6 @@ void accumulate_rows(const Shape& s, long period, const float* grad, const float
         }
     }
 }
-
 
 // The same sums for a KH x KW kernel, with every tap's sum in a register: for each vector position of the
 // rows, a block of up to kRowBlock rows of one image is swept, each g vector loaded once for all taps, and only
@@ -342,7 +335,6 @@ void pointwise_tile(const Pointwise& s, long p0, long p1, float* gin, double* ws
     }
 }
 
-
 }  // namespace
 
 extern "C" {
@@ -389,7 +381,6 @@ int depthwise_weight_grad(const float* grad, const float* x, int n, int h, int w
     return 0;
 }
 
-
 // The gradients of `count` 1x1 convs (no stride, no groups) of one input over `pixels` pixels: part i has
 // output gradient gs[i] (pixels x cos[i]); x is pixels x ci; weight holds the parts' (co, ci, 1, 1) weights one
 // after the other (co = the sum of cos). Writes any of gin (pixels x ci, the sum over the parts), grad_w (co x
@@ -430,6 +421,5 @@ int pointwise_backward(const float* const* gs, const int* cos, int count, const 
     }
     return 0;
 }
-
 
 }  // extern "C"
