@@ -31,10 +31,10 @@ from train.nhwc_gelu import use_nhwc_gelu
 
 
 def make_step(
-    online_fusion: bool,
-    bf16: bool,
     batch: int,
     lr_patch: int,
+    online_fusion: bool = True,
+    bf16: bool = False,
     channels_last: bool = False,
     fast_conv_backward: bool = False,
     nhwc_gelu: bool = False,
@@ -75,24 +75,16 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    variants = {
-        "multi-branch fp32": make_step(False, False, args.batch, args.lr_patch),
-        "online-fused fp32": make_step(True, False, args.batch, args.lr_patch),
-        "online-fused bf16": make_step(True, True, args.batch, args.lr_patch),
-        "online-fused fp32 NHWC": make_step(True, False, args.batch, args.lr_patch, channels_last=True),
-        "+ fast conv backward": make_step(
-            True, False, args.batch, args.lr_patch, channels_last=True, fast_conv_backward=True
-        ),
-        "+ NHWC GELU (trainer)": make_step(
-            True,
-            False,
-            args.batch,
-            args.lr_patch,
-            channels_last=True,
-            fast_conv_backward=True,
-            nhwc_gelu=True,
-        ),
+    trainer_cpu = {"channels_last": True, "fast_conv_backward": True}
+    options: dict[str, dict] = {
+        "multi-branch fp32": {"online_fusion": False},
+        "online-fused fp32": {},
+        "online-fused bf16": {"bf16": True},
+        "online-fused fp32 NHWC": {"channels_last": True},
+        "+ fast conv backward": trainer_cpu,
+        "+ NHWC GELU (trainer)": {**trainer_cpu, "nhwc_gelu": True},
     }
+    variants = {name: make_step(args.batch, args.lr_patch, **kw) for name, kw in options.items()}
     for step in variants.values():
         for _ in range(args.warmup):
             step()

@@ -3,7 +3,7 @@
 Built for the machine it runs on (`-march=native`, else a portable `-O3` build) with the system's C++
 compiler, cached under `~/.cache/lkdn` (or `$LKDN_KERNEL_CACHE`) keyed by the source, the compiler, the flags
 and the CPU, and loaded with ctypes: no Python headers, no torch build. Used by the `native` inference backend
-(utils/native_lkdn.py) and by training's depthwise-conv gradients (utils/native_depthwise.py).
+(utils/native_lkdn.py) and by training's conv gradients (utils/native_conv_grad.py).
 """
 
 from __future__ import annotations
