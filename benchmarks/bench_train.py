@@ -106,7 +106,9 @@ def main() -> None:
         print(f"{name:<26} {1000 * median:>10.1f} {args.batch / median:>10.1f} {base / median:>15.2f}x")
     ratio = base / statistics.median(times["+ NHWC GELU (trainer)"])
     verdict = "met" if ratio >= 2 else "not met"
-    print(f"online-fused fp32 as the trainer runs it on a CPU: {ratio:.2f}x multi-branch fp32 (target 2x: {verdict})")
+    print(
+        f"online-fused fp32 as the trainer runs it on a CPU: {ratio:.2f}x multi-branch fp32 (target 2x: {verdict})"
+    )
 
 
 if __name__ == "__main__":
