@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import lkdn_s
+from models import LKDN, lkdn_s
 from train import conv_backward
 from train.conv_backward import (
     FastGradDepthwiseConv2d,
@@ -188,3 +188,12 @@ def test_blocks_without_online_fused_rbsb_run_the_plain_block_forward(kwargs):
     _assert_same_grads(
         fast, plain, torch.rand(1, 3, 9, 7).contiguous(memory_format=torch.channels_last), 1e-4
     )
+
+
+def test_the_ablation_attentions_train_the_same():
+    """ESA + CCA: strided and full 3x3 convs stay as they are, 1x1 convs on 1x1 maps take the fast path."""
+    torch.manual_seed(0)
+    plain = LKDN(num_feat=16, num_blocks=2, attention="esa_cca").train()
+    fast = copy.deepcopy(plain)
+    use_fast_conv_backward(fast)
+    _assert_same_grads(fast, plain, torch.rand(1, 3, 24, 24).contiguous(memory_format=torch.channels_last), 1e-4)
