@@ -196,4 +196,6 @@ def test_the_ablation_attentions_train_the_same():
     plain = LKDN(num_feat=16, num_blocks=2, attention="esa_cca").train()
     fast = copy.deepcopy(plain)
     use_fast_conv_backward(fast)
-    _assert_same_grads(fast, plain, torch.rand(1, 3, 24, 24).contiguous(memory_format=torch.channels_last), 1e-4)
+    _assert_same_grads(
+        fast, plain, torch.rand(1, 3, 24, 24).contiguous(memory_format=torch.channels_last), 1e-4
+    )
