@@ -257,7 +257,7 @@ void input_grad_vectors(const Pointwise& s, long p0, int v0, int count, float* g
 
 // Adds to sum (co x ci, double) the products g[p, o0 + o] * x[p, v0*16 ...] over the pixels [p0, p1), for O
 // output channels of one part and V vectors of input channels, summed in registers over the tile. A pixel's last vector
-// may read past its ci channels into the next pixel (those lanes are dropped), except for the very last pixel.
+// may read past its ci channels into the next pixels (those lanes are dropped), except near the end of x.
 template <int O, int V>
 void weight_grad(const Pointwise& s, const Part& pt, long p0, long p1, int o0, int v0, double* sum) {
     vf acc[O][V] = {};
@@ -272,9 +272,11 @@ void weight_grad(const Pointwise& s, const Part& pt, long p0, long p1, int o0, i
             for (int v = 0; v < V; ++v) acc[o][v] += gs * xv[v];
         }
     };
-    const long safe_end = std::min(p1, s.pixels - 1);
+    // full loads while the furthest one ends inside x, then only the lanes of real channels
+    const long room = s.pixels * s.ci - long(v0 + V) * kLanes;  // the last start offset of a full load
+    const long safe_end = room < 0 ? p0 : std::clamp(room / s.ci + 1, p0, p1);
     for (long p = p0; p < safe_end; ++p) add(p, false);
-    if (p1 == s.pixels) add(p1 - 1, true);
+    for (long p = safe_end; p < p1; ++p) add(p, true);
     for (int o = 0; o < O; ++o)
         for (int v = 0; v < V; ++v)
             for (int l = 0; l < std::min(kLanes, s.ci - (v0 + v) * kLanes); ++l)
