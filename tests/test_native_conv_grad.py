@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
+from sanitized import run_sanitized
 
 from utils import native_build, native_conv_grad
 from utils.native_conv_grad import depthwise_weight_grad, native_conv_grad_available, pointwise_backward
@@ -145,14 +142,4 @@ def test_portable_and_single_threaded_builds_compute_the_same(tmp_path, monkeypa
 def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
     """Both kernels on many odd shapes (1 to 84 channels, 1 to 300 pixels, 1-3 threads), built with ASan and
     UBSan: they read and write raw memory, and a vector load past a tensor's end would go unnoticed otherwise."""
-    compiler = shutil.which("g++") or shutil.which("clang++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    root = Path(__file__).resolve().parents[1]
-    binary = tmp_path / "bounds"
-    cmd = [compiler, "-O1", "-std=c++17", "-march=native", "-fopenmp", "-fsanitize=address,undefined",
-           str(root / "tests" / "native" / "conv_grad_bounds.cpp"), str(native_conv_grad.SOURCE), "-o", str(binary)]  # fmt: skip
-    if subprocess.run(cmd, capture_output=True).returncode != 0:
-        pytest.skip("this compiler cannot build with the address sanitizer")
-    done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    run_sanitized("conv_grad_bounds.cpp", native_conv_grad.SOURCE, tmp_path, ("-fopenmp",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sanitized import run_sanitized
 from test_fast_inference import ATOL, ODD_SHAPES, perturbed, reference_output
 
 from models import LKDN, lkdn, lkdn_s
@@ -190,3 +191,9 @@ def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
         native_lkdn.lkdb_forward(x, module.packed_tail, 1e-6)  # the wrong weights
     with pytest.raises(ValueError, match="contiguous float32 CPU"):
         native_lkdn.lkdn_tail([x] * 4 + [x[:, :3]], x, module.packed_tail)
+
+
+def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
+    """A block and the tail at 42 and 56 channels on odd sizes (1x1 to 5x300, batch 1-3, 1-3 threads), built with
+    ASan and UBSan: the kernels read raw memory through row rings and masked vector moves."""
+    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread",))

@@ -1,0 +1,25 @@
+"""Build a C++ kernel with a test harness under AddressSanitizer and UBSan, run it, and fail on any report."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HARNESSES = Path(__file__).resolve().parent / "native"
+
+
+def run_sanitized(harness: str, kernel: Path, tmp_path: Path, flags: tuple[str, ...] = ()) -> None:
+    """Compile tests/native/<harness> with `kernel`, run it; skips where no compiler has the sanitizers."""
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    binary = tmp_path / Path(harness).stem
+    cmd = [compiler, "-O1", "-std=c++17", "-march=native", "-fsanitize=address,undefined", *flags,
+           str(HARNESSES / harness), str(kernel), "-o", str(binary)]  # fmt: skip
+    if subprocess.run(cmd, capture_output=True).returncode != 0:
+        pytest.skip(f"{compiler} cannot build with the address sanitizer here")
+    done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
