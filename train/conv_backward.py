@@ -1,9 +1,9 @@
 """Faster CPU backward passes for LKDN's depthwise and 1x1 convs, used while training.
 
 oneDNN's conv gradients on a CPU cost several times the forward conv (one thread, batch 16 of 42 x 64 x 64,
-channels-last; benchmarks/bench_depthwise.py):
+channels-last; benchmarks/bench_train_ops.py):
 
-- the input gradient of a depthwise conv (the 5x5 dilation-3 conv of LKA 16.6 ms against 2.8 ms forward). For a
+- the input gradient of a depthwise conv (the 5x5 dilation-3 conv of LKA 15-17 ms against 3-4 ms forward). For a
   stride-1 conv with "same" padding it *is* a depthwise conv of the output gradient with the kernel flipped in
   space, so the backward runs that;
 - the weight gradient of the 5x5 and dilated 5x5 depthwise convs (20-25 ms): a C++ kernel takes it (3-4 ms,

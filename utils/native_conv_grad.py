@@ -1,7 +1,7 @@
 """Gradients of stride-1 depthwise convs and of 1x1 convs on channels-last tensors, by C++ kernels.
 
 oneDNN takes 20-25 ms for the weight gradient of LKA's 5x5 and dilated 5x5 convs on a training batch (16 x 42
-x 64 x 64, one thread; benchmarks/bench_depthwise.py), about ten times the forward conv; and it reads the
+x 64 x 64, one thread; benchmarks/bench_train_ops.py), about ten times the forward conv; and it reads the
 output gradient and the input of a 1x1 conv in separate passes for its three gradients. The kernels
 (utils/kernels/conv_grad.cpp) are built on first use by utils/native_build.py, with OpenMP so that they run on
 torch's threads; train/conv_backward.py calls them when they are available and falls back to oneDNN when not.

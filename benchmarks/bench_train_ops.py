@@ -1,11 +1,14 @@
-"""oneDNN's conv gradients on this CPU against what train/conv_backward.py runs instead.
+"""The training step's slow CPU ops as oneDNN / PyTorch run them, against what train/ runs instead.
 
-    python benchmarks/bench_depthwise.py [--threads 1] [--batch 16] [--size 64] [--runs 8]
+    python benchmarks/bench_train_ops.py [--threads 1] [--batch 16] [--size 64] [--runs 8]
 
-One LKDN-S-sized batch (channels-last). Prints, per depthwise kernel shape (42 channels), the median time of the
-weight gradient as oneDNN and as the C++ kernel compute it, and of the input gradient as oneDNN computes it and as
-a forward conv with the flipped kernel, with the largest difference between the two input gradients; then, per
-1x1 conv shape of LKDN-S, oneDNN's three gradients against the C++ kernel's one pass.
+One LKDN-S-sized batch (channels-last), median times in ms:
+- per depthwise kernel shape (42 channels): the weight gradient by oneDNN and by the C++ kernel
+  (train/conv_backward.py), the input gradient by oneDNN and as a forward conv with the flipped kernel, and the
+  largest difference between the two input gradients;
+- per 1x1 conv shape of LKDN-S: oneDNN's three gradients (one call per conv of the input) against the C++
+  kernel's one pass;
+- GELU forward and backward on a channels-last tensor and on the same memory seen as NHWC (train/nhwc_gelu.py).
 """
 
 from __future__ import annotations
@@ -86,6 +89,21 @@ def measure_pointwise(batch: int, size: int, in_ch: int, outs: tuple[int, ...], 
     return f"{median_ms(onednn, runs):>12.1f} {native:>7.1f}"
 
 
+def measure_gelu(batch: int, size: int, channels: int, runs: int) -> list[str]:
+    """Two rows: GELU forward and backward on a channels-last tensor, then on its NHWC view."""
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+    view_x, view_grad = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)
+    forward = [median_ms(lambda t=t: F.gelu(t), runs) for t in (x, view_x)]
+    backward = [
+        median_ms(lambda g=g, t=t: torch.ops.aten.gelu_backward(g, t), runs)
+        for g, t in ((grad, x), (view_grad, view_x))
+    ]
+    return [
+        f"{name:>12} {a:>11.2f} {b:>11.2f}" for name, (a, b) in (("forward", forward), ("backward", backward))
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,6 +129,10 @@ def main() -> None:
     for in_ch, outs in POINTWISE:
         row = measure_pointwise(args.batch, args.size, in_ch, outs, args.runs)
         print(f"{f'{in_ch}->' + '+'.join(map(str, outs)):>12} " + row)
+    print(f"{'GELU':>12} {'pass':>12} {'chan.-last':>11} {'NHWC view':>11}  [ms]")
+    for channels in (42, 84):
+        for row in measure_gelu(args.batch, args.size, channels, args.runs):
+            print(f"{channels:>12} " + row)
 
 
 if __name__ == "__main__":
