@@ -160,6 +160,19 @@ def test_a_build_is_cached_by_source_compiler_and_cpu(fresh_kernel_build):
 
 
 @needs_kernels
+def test_a_changed_header_rebuilds_the_library(tmp_path, monkeypatch):
+    """The cache key covers the headers beside a source (vector.h), not only the source."""
+    monkeypatch.setenv("LKDN_KERNEL_CACHE", str(tmp_path / "cache"))
+    source, header = tmp_path / "k.cpp", tmp_path / "lanes.h"
+    source.write_text('#include "lanes.h"\nextern "C" int lanes() { return LANES; }\n')
+    header.write_text("#define LANES 16\n")
+    assert native_build.build_and_load(source).lanes() == 16
+    header.write_text("#define LANES 8\n")
+    assert native_build.build_and_load(source).lanes() == 8
+    assert len(list((tmp_path / "cache").glob("k_*.so"))) == 2
+
+
+@needs_kernels
 def test_the_portable_build_computes_the_same_function(fresh_kernel_build, monkeypatch, random_lkdn_s):
     """The build without -march=native (the fallback for compilers that lack it): generic vector code."""
     monkeypatch.setattr(native_build, "FLAG_SETS", (["-O3"],))

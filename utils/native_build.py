@@ -1,9 +1,10 @@
 """Build a C++ kernel source under utils/kernels/ into a shared library on first use, and load it.
 
 Built for the machine it runs on (`-march=native`, else a portable `-O3` build) with the system's C++
-compiler, cached under `~/.cache/lkdn` (or `$LKDN_KERNEL_CACHE`) keyed by the source, the compiler, the flags
-and the CPU, and loaded with ctypes: no Python headers, no torch build. Used by the `native` inference backend
-(utils/native_lkdn.py) and by training's conv gradients (utils/native_conv_grad.py).
+compiler, cached under `~/.cache/lkdn` (or `$LKDN_KERNEL_CACHE`) keyed by the source and the headers beside
+it, the compiler, the flags and the CPU, and loaded with ctypes: no Python headers, no torch build. Used by
+the `native` inference backend (utils/native_lkdn.py) and by training's conv gradients
+(utils/native_conv_grad.py).
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         raise KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
+    # what the library depends on besides the flags: the source, the headers beside it, the compiler, the CPU
+    texts = [path.read_text() for path in [source, *sorted(source.parent.glob("*.h"))]]
+    depends = [*texts, compiler, _cpu_key()]
     errors = []
     flag_sets = [[*flags, "-fopenmp"] for flags in FLAG_SETS] if openmp else []
     for flags in [*flag_sets, *FLAG_SETS]:
-        key = hashlib.sha256(
-            "\n".join([source.read_text(), compiler, " ".join(flags), _cpu_key()]).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256("\n".join([*depends, " ".join(flags)]).encode()).hexdigest()[:16]
         target = cache_dir() / f"{source.stem}_{key}.so"
         try:
             if not target.exists():

@@ -11,21 +11,18 @@
 // pixels, while each tile of the output gradients and the input is in cache (oneDNN reads them in separate
 // passes, once per conv, and the input gradients are summed afterwards).
 //
-// GCC/Clang vector extensions: built with -march=native they use what the CPU has (AVX-512 here, with
-// masked moves for partial vectors), and they are correct on any target (tests build both ways).
+// Vectors from vector.h: built with -march=native they use what the CPU has (AVX-512 here), and they are
+// correct on any target (tests build both ways).
+
+#include "vector.h"
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <numeric>
 #include <vector>
 
 #if defined(_OPENMP)
 #include <omp.h>
-#endif
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
 #endif
 
 namespace {
@@ -36,35 +33,6 @@ struct Shape {
     int kh, kw, dh, dw;   // kernel size and dilation
     int ph, pw;           // zero padding
 };
-
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-inline vf load(const float* p) {
-    vf v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-// Lanes [lo, hi) of p as a vector, the others zero; p + lane is only read for those lanes.
-inline vf load_range(const float* p, int lo, int hi) {
-#if defined(__AVX512F__)
-    return vf(_mm512_maskz_loadu_ps(__mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)), p));
-#else
-    vf v{};
-    std::memcpy(reinterpret_cast<float*>(&v) + lo, p + lo, (hi - lo) * sizeof(float));
-    return v;
-#endif
-}
-// The first `n` lanes (1..16) of p as a vector, the rest zero; and the first `n` lanes of v to p.
-inline vf load_n(const float* p, int n) { return load_range(p, 0, n); }
-inline void store_n(float* p, vf v, int n) {
-#if defined(__AVX512F__)
-    _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
-#else
-    std::memcpy(p, &v, n * sizeof(float));
-#endif
-}
 
 // Runs fn(thread, threads) on up to `threads` threads of the OpenMP runtime. Built with -fopenmp and loaded
 // into a process that has imported torch, that is torch's own runtime (the library is found by its soname), so
@@ -157,7 +125,7 @@ void sweep(const Shape& s, long period, const float* grad, const float* x, int i
     vf sums[KH][KW] = {}, bias_sum{};
     for (int r = b0; r < b1; ++r) {
         const float* g = grad + long(r) * span + k;
-        const vf gv = lanes == kLanes ? load(g) : load_n(g, lanes);
+        const vf gv = lanes == kLanes ? load(g) : load_lanes(g, lanes);
         bias_sum += gv;
         const int y0 = r - first_row - ph;
 #pragma GCC unroll 8
@@ -170,7 +138,7 @@ void sweep(const Shape& s, long period, const float* grad, const float* x, int i
                 if (INSIDE) {
                     sums[i][j] += gv * load(tap);
                 } else if (lo[j] < hi[j]) {
-                    sums[i][j] += gv * load_range(tap, lo[j], hi[j]);
+                    sums[i][j] += gv * load_lanes(tap, lo[j], hi[j]);
                 }
             }
         }
@@ -240,7 +208,7 @@ void input_grad(const Pointwise& s, long p0, int v0, float* gin) {
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < V; ++v) {
             const int lane0 = (v0 + v) * kLanes, n = std::min(kLanes, s.ci - lane0);
-            store_n(gin + (p0 + r) * s.ci + lane0, acc[r][v], n);
+            store_lanes(gin + (p0 + r) * s.ci + lane0, acc[r][v], 0, n);
         }
 }
 
@@ -265,7 +233,7 @@ void weight_grad(const Pointwise& s, const Part& pt, long p0, long p1, int o0, i
         vf xv[V];
         const float* xp = s.x + p * s.ci + v0 * kLanes;
         for (int v = 0; v < V; ++v)
-            xv[v] = last ? load_n(xp + v * kLanes, std::min(kLanes, s.ci - (v0 + v) * kLanes)) : load(xp + v * kLanes);
+            xv[v] = last ? load_lanes(xp + v * kLanes, std::min(kLanes, s.ci - (v0 + v) * kLanes)) : load(xp + v * kLanes);
         const float* gp = pt.g + p * pt.co + o0;
         for (int o = 0; o < O; ++o) {
             const vf gs = splat(gp[o]);
@@ -330,7 +298,7 @@ void pointwise_tile(const Pointwise& s, long p0, long p1, float* gin, double* ws
             for (int o0 = 0; o0 < pt.co; o0 += kLanes) {
                 const int n = std::min(kLanes, pt.co - o0);
                 vf acc{};
-                for (long p = p0; p < p1; ++p) acc += load_n(pt.g + p * pt.co + o0, n);
+                for (long p = p0; p < p1; ++p) acc += load_lanes(pt.g + p * pt.co + o0, n);
                 for (int l = 0; l < n; ++l) bsum[pt.row0 + o0 + l] += acc[l];
             }
         }

@@ -24,6 +24,8 @@
 // Portable C++17 with GCC/Clang vector extensions: built with -march=native it uses what the CPU has (AVX-512
 // here, with a few intrinsics where they matter), and it is correct on any target (tests build it both ways).
 
+#include "vector.h"
+
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
@@ -36,9 +38,6 @@
 
 namespace {
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-
 #if defined(__AVX512F__)
 constexpr int kRegisters = 24;  // vectors of 16 floats the matrix product may keep in registers
 #elif defined(__AVX__)
@@ -47,32 +46,6 @@ constexpr int kRegisters = 6;
 constexpr int kRegisters = 4;
 #endif
 
-inline vf load(const float* p) {
-    vf v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-// Lanes [from, to) of v to p[from, to), and the same lanes of p as a vector (others zero). Partial vectors
-// through a stack copy would stall on store forwarding, so AVX-512 uses masked moves.
-inline void store_lanes(float* p, vf v, int from, int to) {
-#if defined(__AVX512F__)
-    _mm512_mask_storeu_ps(p, __mmask16(((1u << to) - 1) & ~((1u << from) - 1)), __m512(v));
-#else
-    std::memcpy(p + from, reinterpret_cast<const float*>(&v) + from, (to - from) * sizeof(float));
-#endif
-}
-inline vf load_lanes(const float* p, int to) {
-#if defined(__AVX512F__)
-    return vf(_mm512_maskz_loadu_ps(__mmask16((1u << to) - 1), p));
-#else
-    vf v{};
-    std::memcpy(&v, p, to * sizeof(float));
-    return v;
-#endif
-}
-inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-constexpr int round_up(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 inline float sum_lanes(vf v) {
 #if defined(__AVX512F__)
     return _mm512_reduce_add_ps(__m512(v));
