@@ -250,9 +250,14 @@ class LKDB(nn.Module):
         r1 = self.act(self.c1_r(x))
         r2 = self.act(self.c2_r(r1))
         r3 = self.act(self.c3_r(r2))
+        return self.merge([self.c1_d(x), self.c2_d(r1), self.c3_d(r2), self.c4(r3)], x)
+
+    def merge(self, distilled: list[Tensor], x: Tensor) -> Tensor:
+        """The block after its distillation steps: c5 over the distilled features, attention, c6, pixel norm,
+        and the residual `x`."""
         # GELU(concat) == concat(GELU): one activation over the distilled features instead of four on slices
-        distilled = self.act(torch.cat([self.c1_d(x), self.c2_d(r1), self.c3_d(r2), self.c4(r3)], dim=1))
-        return self.pixel_norm(self.c6(self.atten(self.c5(distilled)))) + x
+        activated = self.act(torch.cat(distilled, dim=1))
+        return self.pixel_norm(self.c6(self.atten(self.c5(activated)))) + x
 
 
 class LKDN(nn.Module):

@@ -159,8 +159,7 @@ class SharedInputLKDB(LKDB):
             before_dw, d = pointwise_convs(h, pw, None, distill.weight, distill.bias)
             distilled.append(d)
             h = self.act(refine.dw._conv_forward(before_dw, dw, bias))
-        distilled.append(self.c4(h))
-        return self.pixel_norm(self.c6(self.atten(self.c5(self.act(torch.cat(distilled, dim=1)))))) + x
+        return self.merge([*distilled, self.c4(h)], x)
 
 
 def _plain_conv(conv: nn.Module) -> bool:
