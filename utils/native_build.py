@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 KERNELS = Path(__file__).with_name("kernels")
@@ -82,3 +83,12 @@ def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
         except (KernelUnavailable, OSError, subprocess.SubprocessError) as err:
             errors.append(str(err))
     raise KernelUnavailable(errors[0])
+
+
+def unavailable_reason(load: Callable[[], ctypes.CDLL]) -> str | None:
+    """None when `load` gives its library, else why it cannot (the KernelUnavailable message)."""
+    try:
+        load()
+    except KernelUnavailable as err:
+        return str(err)
+    return None

@@ -15,7 +15,7 @@ import functools
 import torch
 from torch import Tensor
 
-from utils.native_build import KERNELS, KernelUnavailable, build_and_load
+from utils.native_build import KERNELS, build_and_load, unavailable_reason
 
 SOURCE = KERNELS / "conv_grad.cpp"
 
@@ -36,11 +36,7 @@ def load_kernel() -> ctypes.CDLL:
 def native_conv_grad_available() -> str | None:
     """None when the kernels run here, else the reason they do not (asked on every backward pass: a failed
     build is not retried)."""
-    try:
-        load_kernel()
-    except KernelUnavailable as err:
-        return str(err)
-    return None
+    return unavailable_reason(load_kernel)
 
 
 def is_channels_last_float(t: Tensor) -> bool:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from models import LKDN
 from utils.fast_lkdn import FastLKDN
-from utils.native_build import KERNELS, KernelUnavailable, build_and_load
+from utils.native_build import KERNELS, KernelUnavailable, build_and_load, unavailable_reason
 
 SOURCE = KERNELS / "lkdn_cpu.cpp"
 LANES = 16  # the kernel's vector width in floats; padded widths are multiples of it
@@ -53,11 +53,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def native_available() -> str | None:
     """None when the native kernel runs here, else the reason it does not."""
-    try:
-        load_kernel()
-    except KernelUnavailable as err:
-        return str(err)
-    return None
+    return unavailable_reason(load_kernel)
 
 
 def _matmul_weights(weight: Tensor, bias: Tensor | None, width: int) -> list[Tensor]:
