@@ -17,8 +17,8 @@ import os
 import pathlib as _pathlib
 
 import models as _models
-from utils import checkpoint as _checkpoint
 from utils import errors as _errors
+from utils.files import checkpoint as _checkpoint
 
 # Every public callable here is an entry point (torch.hub.list): imports stay private, under modules' names.
 dependencies = ["torch"]  # what importing this file and building the models needs

@@ -31,13 +31,13 @@ import torch
 from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, LKDN
-from utils.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
 from utils.device import resolve_device
 from utils.errors import EXIT_USER_ERROR, UserError, run_cli
-from utils.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
-from utils.imresize import matlab_imresize
-from utils.inference_backends import BACKENDS, Runner, make_runner
-from utils.tiling import receptive_radius, tiled_forward
+from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
+from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
+from utils.image.imresize import matlab_imresize
+from utils.runtime.backends import BACKENDS, Runner, make_runner
+from utils.runtime.tiling import receptive_radius, tiled_forward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_MEMORY = "2G"

@@ -30,16 +30,16 @@ import torch
 from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, MODEL_NAME, TEAM_NUMBER
-from utils.atomic_write import write_text_atomic
-from utils.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled
 from utils.errors import UserError, run_cli
-from utils.image_io import read_rgb, read_size, to_tensor, to_uint8, write_rgb
-from utils.imresize import matlab_imresize
-from utils.inference_backends import Runner, make_runner
-from utils.metrics import crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
-from utils.model_summary import CHALLENGE_INPUT, summarize
-from utils.tiling import receptive_radius, tiled_forward
-from utils.timing import PeakMemory, timed_ms
+from utils.files.atomic_write import write_text_atomic
+from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled
+from utils.files.image_io import read_rgb, read_size, to_tensor, to_uint8, write_rgb
+from utils.image.imresize import matlab_imresize
+from utils.measure.metrics import crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
+from utils.measure.model_summary import CHALLENGE_INPUT, summarize
+from utils.measure.timing import PeakMemory, timed_ms
+from utils.runtime.backends import Runner, make_runner
+from utils.runtime.tiling import receptive_radius, tiled_forward
 
 SCALE = 4
 BORDER = SCALE
@@ -416,7 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--benchmark_dir", type=Path, help="paper-table mode: Set5/, Set14/, B100/ ... (Y channel)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", default="auto", help="inference backend (utils.inference_backends)")
+    p.add_argument("--backend", default="auto", help="inference backend (utils.runtime.backends)")
     p.add_argument("--tile", type=int, help="run in LR tiles of this size (for large inputs)")
     p.add_argument(
         "--tile_overlap",

@@ -36,12 +36,12 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from models import lkdn_s  # noqa: E402
-from utils.checkpoint import build_model_from_checkpoint  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.image_io import read_rgb, to_tensor  # noqa: E402
-from utils.inference_backends import make_runner  # noqa: E402
-from utils.model_summary import conv_activations, count_conv_macs  # noqa: E402
-from utils.timing import MB, PeakMemory  # noqa: E402
+from utils.files.checkpoint import build_model_from_checkpoint  # noqa: E402
+from utils.files.image_io import read_rgb, to_tensor  # noqa: E402
+from utils.measure.model_summary import conv_activations, count_conv_macs  # noqa: E402
+from utils.measure.timing import MB, PeakMemory  # noqa: E402
+from utils.runtime.backends import make_runner  # noqa: E402
 
 AUTHORS_FUSED = ROOT.parent / "shared" / "reference" / "LKDN-S_del_rep_x4.pth"
 DIV2K_SAMPLE = ROOT.parent / "shared" / "data" / "div2k_sample" / "0853x4.png"
@@ -197,7 +197,7 @@ def build_runners(
                 runners[backend] = make_runner(model, "cpu", backend)
             except ValueError as err:  # native: no compiler, or a model the kernels were not written for
                 print(f"{backend}: skipped ({err})")
-    from utils.fast_lkdn import CPU_FUSIONS, FastLKDN
+    from utils.runtime.fast import CPU_FUSIONS, FastLKDN
 
     if CPU_FUSIONS and wanted(PLAIN):
         plain = FastLKDN(model, cpu_fusions=False).eval()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from utils.native_conv_grad import depthwise_weight_grad, pointwise_backward
+from train.native_conv_grad import depthwise_weight_grad, pointwise_backward
 
 CHANNELS = 42
 SHAPES = [(3, 3, 1), (5, 1, 1), (1, 5, 1), (5, 5, 1), (3, 3, 3), (5, 5, 3)]  # (kh, kw, dilation)

@@ -4,7 +4,7 @@
 
 The authors' fused LKDN-S checkpoint by default (../shared/reference/LKDN-S_del_rep_x4.pth); LR images are the
 MATLAB-bicubic ones in ../shared/data/benchmark. Outputs are quantised to uint8 as the NTIRE kit does, PSNR is on
-the BT.601 luma with a 4-pixel border, averaged over the images (utils.metrics). For each backend the script
+the BT.601 luma with a 4-pixel border, averaged over the images (utils.measure.metrics). For each backend the script
 prints the float32 PSNR, the bf16 PSNR and their difference, plus how many uint8 output values bf16 changed.
 bf16 on a CPU without native bf16 instructions is slow; the figure that matters here is the PSNR.
 """
@@ -20,11 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from utils.checkpoint import build_model_from_checkpoint  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.image_io import read_rgb, to_tensor, to_uint8  # noqa: E402
-from utils.inference_backends import make_runner  # noqa: E402
-from utils.metrics import psnr_y  # noqa: E402
+from utils.files.checkpoint import build_model_from_checkpoint  # noqa: E402
+from utils.files.image_io import read_rgb, to_tensor, to_uint8  # noqa: E402
+from utils.measure.metrics import psnr_y  # noqa: E402
+from utils.runtime.backends import make_runner  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 AUTHORS_FUSED = SHARED / "reference" / "LKDN-S_del_rep_x4.pth"

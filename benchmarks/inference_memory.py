@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from models import lkdn, lkdn_s  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
-from utils.inference_backends import make_runner  # noqa: E402
-from utils.timing import MB, PeakMemory, reset_high_water_mark  # noqa: E402
+from utils.measure.timing import MB, PeakMemory, reset_high_water_mark  # noqa: E402
+from utils.runtime.backends import make_runner  # noqa: E402
 
 
 def _in_use(device: torch.device) -> float:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from data.prepare import Pair, PairList
 from utils.errors import UserError
-from utils.image_io import read_rgb, read_size, to_tensor
+from utils.files.image_io import read_rgb, read_size, to_tensor
 
 VIRTUAL_LENGTH = 2**62
 VALIDATION_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

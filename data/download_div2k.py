@@ -24,8 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python data/download_div2k.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.download import download_file, extract_zip
 from utils.errors import UserError, run_cli
+from utils.files.download import download_file, extract_zip
 
 OFFICIAL_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
 SCALE = 4

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from utils.errors import UserError, run_cli
-from utils.image_io import read_rgb, read_size, write_rgb
-from utils.imresize import matlab_imresize
+from utils.files.image_io import read_rgb, read_size, write_rgb
+from utils.image.imresize import matlab_imresize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -30,8 +30,8 @@ from time import strptime
 from factsheet.manifest import DEFAULT_MANIFEST, FACTSHEET_DIR, Manifest, load_manifest
 from factsheet.measure import read_provenance, refresh
 from factsheet.tables import Generated, generate
-from utils.atomic_write import write_bytes_atomic
 from utils.errors import UserError, run_cli
+from utils.files.atomic_write import write_bytes_atomic
 
 MAIN_TEX = "factsheet.tex"
 PDF_NAME = "factsheet.pdf"

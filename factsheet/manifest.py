@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.yaml_file import read_yaml_mapping
+from utils.files.yaml_file import read_yaml_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTSHEET_DIR = ROOT / "factsheet"

@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from factsheet.manifest import FACTSHEET_DIR, Manifest, Row
-from utils.atomic_write import write_bytes_atomic, write_text_atomic
 from utils.errors import UserError
+from utils.files.atomic_write import write_bytes_atomic, write_text_atomic
 
 SCRATCH = FACTSHEET_DIR / "build" / "refresh"  # git-ignored: SR images and stand-in data live here
 
@@ -69,8 +69,8 @@ def _git_commit(root: Path) -> str | None:
 
 def make_timing_data(lr_image: Path, data_dir: Path) -> Path:
     """A DIV2K-layout folder holding one real DIV2K valid LR image and a stand-in HR (its bicubic x4)."""
-    from utils.image_io import read_rgb, write_rgb
-    from utils.imresize import matlab_imresize
+    from utils.files.image_io import read_rgb, write_rgb
+    from utils.image.imresize import matlab_imresize
 
     if not lr_image.is_file():
         raise UserError(

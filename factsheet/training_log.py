@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.yaml_file import read_yaml_mapping
+from utils.files.yaml_file import read_yaml_mapping
 
 _STAMP = r"(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:,\d+)? "
 _START = re.compile(

@@ -3,7 +3,7 @@
     python scripts/make_readme_figure.py                      # the bundled checkpoint (model_zoo/)
     python scripts/make_readme_figure.py --model_path LKDN-S_x4.pth
 
-Draws the chart (utils/test_chart.py), downscales it x4 with the MATLAB-exact bicubic (as every SR benchmark's LR
+Draws the chart (utils/image/chart.py), downscales it x4 with the MATLAB-exact bicubic (as every SR benchmark's LR
 is made), upscales that LR with MATLAB bicubic and with inference.py, and writes crops side by side (bicubic,
 LKDN, the original chart; shown at 2x, nearest neighbour) to docs/before_after_x4.png. Prints the PSNR of both
 upscalings against the chart.
@@ -23,12 +23,12 @@ import numpy as np  # noqa: E402
 
 import inference  # noqa: E402
 from models import BUNDLED_CHECKPOINT  # noqa: E402
-from utils.checkpoint import config_name, describe_state_dict, read_state_dict  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.image_io import read_rgb, write_image, write_rgb  # noqa: E402
-from utils.imresize import matlab_imresize  # noqa: E402
-from utils.metrics import psnr_rgb, psnr_y  # noqa: E402
-from utils.test_chart import draw_test_chart  # noqa: E402
+from utils.files.checkpoint import config_name, describe_state_dict, read_state_dict  # noqa: E402
+from utils.files.image_io import read_rgb, write_image, write_rgb  # noqa: E402
+from utils.image.chart import draw_test_chart  # noqa: E402
+from utils.image.imresize import matlab_imresize  # noqa: E402
+from utils.measure.metrics import psnr_rgb, psnr_y  # noqa: E402
 
 SCALE = 4
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "before_after_x4.png"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from utils.native.build import INCLUDE
+
 HARNESSES = Path(__file__).resolve().parent / "native"
 
 
@@ -17,7 +19,7 @@ def run_sanitized(harness: str, kernel: Path, tmp_path: Path, flags: tuple[str, 
     if compiler is None:
         pytest.skip("no C++ compiler")
     binary = tmp_path / Path(harness).stem
-    cmd = [compiler, "-O1", "-std=c++17", "-march=native", "-fsanitize=address,undefined", *flags,
+    cmd = [compiler, "-O1", "-std=c++17", "-march=native", "-fsanitize=address,undefined", f"-I{INCLUDE}", *flags,
            str(HARNESSES / harness), str(kernel), "-o", str(binary)]  # fmt: skip
     if subprocess.run(cmd, capture_output=True).returncode != 0:
         pytest.skip(f"{compiler} cannot build with the address sanitizer here")

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from utils.atomic_write import save_atomic, write_bytes_atomic, write_text_atomic
 from utils.errors import UserError
+from utils.files.atomic_write import save_atomic, write_bytes_atomic, write_text_atomic
 
 
 def test_save_atomic_leaves_no_partial_file(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from models import fuse_model, lkdn, lkdn_s
-from utils.atomic_write import save_atomic
-from utils.checkpoint import build_model_from_checkpoint, load_checkpoint, read_state_dict
 from utils.errors import UserError
+from utils.files.atomic_write import save_atomic
+from utils.files.checkpoint import build_model_from_checkpoint, load_checkpoint, read_state_dict
 
 
 @pytest.fixture(scope="module")

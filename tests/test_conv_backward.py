@@ -16,8 +16,8 @@ from train.conv_backward import (
     SharedInputLKDB,
     use_fast_conv_backward,
 )
+from train.native_conv_grad import native_conv_grad_available
 from train.nhwc_gelu import NHWCGELU, use_nhwc_gelu
-from utils.native_conv_grad import native_conv_grad_available
 
 needs_kernels = pytest.mark.skipif(
     native_conv_grad_available() is not None,

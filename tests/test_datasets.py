@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from data.datasets import VIRTUAL_LENGTH, PatchDataset, ValidationSet, dihedral, load_pair
 from data.prepare import Pair, prepare_pairs
 from utils.errors import UserError
-from utils.image_io import write_rgb
+from utils.files.image_io import write_rgb
 
 SCALE = 4
 

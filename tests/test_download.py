@@ -16,8 +16,8 @@ import pytest
 from local_http import serve_files
 
 from data import download_div2k
-from utils.download import download_file, extract_zip
 from utils.errors import UserError
+from utils.files.download import download_file, extract_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 10.0

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from models import LKDN, fuse_model, lkdn_s
-from utils.checkpoint import build_model_from_checkpoint
-from utils.fast_lkdn import CPU_FUSIONS, FastLKDN
-from utils.image_io import read_rgb, to_tensor
-from utils.inference_backends import BACKENDS, default_backend, make_runner
-from utils.native_lkdn import native_available
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.image_io import read_rgb, to_tensor
+from utils.runtime.backends import BACKENDS, default_backend, make_runner
+from utils.runtime.fast import CPU_FUSIONS, FastLKDN
+from utils.runtime.native import native_available
 
 ATOL = 1e-4  # the fast path's contract: max abs difference from the module form, float32
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models import BUNDLED_CHECKPOINT, LKDN
-from utils.checkpoint import build_model_from_checkpoint
 from utils.errors import UserError
+from utils.files.checkpoint import build_model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import torch
 from exif_files import encode_with_orientation, exif_block, uncompressed_tiff
 
 from utils.errors import UserError
-from utils.image_io import (
+from utils.files.image_io import (
     apply_orientation,
     exif_orientation,
     image_to_tensor,

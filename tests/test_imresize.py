@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.imresize import matlab_imresize
+from utils.image.imresize import matlab_imresize
 
 
 def test_reproduces_every_benchmark_lr(benchmark_dir):

@@ -22,11 +22,11 @@ from exif_files import encode_with_orientation
 import inference
 import models
 from models import LKDN
-from utils.checkpoint import build_model_from_checkpoint
 from utils.errors import UserError
-from utils.image_io import image_to_tensor, read_rgb, to_tensor, to_uint8
-from utils.imresize import matlab_imresize
-from utils.tiling import receptive_radius
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.image_io import image_to_tensor, read_rgb, to_tensor, to_uint8
+from utils.image.imresize import matlab_imresize
+from utils.runtime.tiling import receptive_radius
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = "LKDN-S_del_rep_x4.pth"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.metrics import crop_to_multiple, psnr_rgb, psnr_y, rgb_to_y, ssim, ssim_y
+from utils.measure.metrics import crop_to_multiple, psnr_rgb, psnr_y, rgb_to_y, ssim, ssim_y
 
 
 def _rand_img(seed: int, h: int = 32, w: int = 40) -> np.ndarray:

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from models import LKDN, lkdn_s
-from utils.model_summary import conv_activations, count_conv_macs, count_parameters, summarize, thop_macs
+from utils.measure.model_summary import (
+    conv_activations,
+    count_conv_macs,
+    count_parameters,
+    summarize,
+    thop_macs,
+)
 
 
 @pytest.fixture(scope="module")

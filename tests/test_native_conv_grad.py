@@ -6,8 +6,9 @@ import pytest
 import torch
 from sanitized import run_sanitized
 
-from utils import native_build, native_conv_grad
-from utils.native_conv_grad import depthwise_weight_grad, native_conv_grad_available, pointwise_backward
+from train import native_conv_grad
+from train.native_conv_grad import depthwise_weight_grad, native_conv_grad_available, pointwise_backward
+from utils.native import build as native_build
 
 pytestmark = pytest.mark.skipif(
     native_conv_grad_available() is not None,

@@ -9,11 +9,12 @@ from sanitized import run_sanitized
 from test_fast_inference import ATOL, ODD_SHAPES, perturbed, reference_output
 
 from models import LKDN, lkdn, lkdn_s
-from utils import native_build, native_lkdn
-from utils.checkpoint import build_model_from_checkpoint
-from utils.image_io import read_rgb, to_tensor
-from utils.inference_backends import make_runner
-from utils.native_lkdn import KernelUnavailable, NativeLKDN, native_available
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.image_io import read_rgb, to_tensor
+from utils.native import build as native_build
+from utils.runtime import native as native_lkdn
+from utils.runtime.backends import make_runner
+from utils.runtime.native import KernelUnavailable, NativeLKDN, native_available
 
 needs_kernels = pytest.mark.skipif(
     native_available() is not None, reason=f"native kernels unavailable: {native_available()}"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models import LKDN, fuse_model, lkdn, lkdn_s
-from utils.checkpoint import load_checkpoint, read_state_dict
+from utils.files.checkpoint import load_checkpoint, read_state_dict
 
 GOLDEN_TOL = 1e-5
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from models import LKDN, lkdn_s
-from utils import export_onnx as export_cli
-from utils import onnx_export
-from utils.checkpoint import build_model_from_checkpoint
 from utils.errors import UserError
-from utils.inference_backends import make_runner
-from utils.onnx_export import OnnxVerificationError, build_onnx, export_onnx, save_onnx, verify_onnx
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.runtime import export_onnx as export_cli
+from utils.runtime import onnx_export
+from utils.runtime.backends import make_runner
+from utils.runtime.onnx_export import OnnxVerificationError, build_onnx, export_onnx, save_onnx, verify_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-4
@@ -116,7 +116,7 @@ def test_cli_exports_the_authors_checkpoint(reference_dir, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "utils.export_onnx",
+        "utils.runtime.export_onnx",
         "--model_path",
         str(reference_dir / "LKDN-S_del_rep_x4.pth"),
     ]
@@ -133,7 +133,7 @@ def test_cli_exports_the_authors_checkpoint(reference_dir, tmp_path):
 
 
 def test_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
-    cmd = [sys.executable, "-m", "utils.export_onnx", "--model_path", str(tmp_path / "missing.pth")]
+    cmd = [sys.executable, "-m", "utils.runtime.export_onnx", "--model_path", str(tmp_path / "missing.pth")]
     done = subprocess.run([*cmd, "-o", str(tmp_path / "m.onnx")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1

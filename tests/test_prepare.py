@@ -12,8 +12,8 @@ import pytest
 
 from data.prepare import crop_subimages, prepare_pairs
 from utils.errors import UserError
-from utils.image_io import read_rgb, write_rgb
-from utils.imresize import matlab_imresize
+from utils.files.image_io import read_rgb, write_rgb
+from utils.image.imresize import matlab_imresize
 
 ROOT = Path(__file__).resolve().parents[1]
 

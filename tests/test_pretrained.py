@@ -13,8 +13,8 @@ import pytest
 import torch
 from local_http import serve_files
 
-from utils import pretrained
 from utils.errors import UserError
+from utils.files import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "LKDN-S_x4"
@@ -96,7 +96,7 @@ def test_cli_prints_path_and_licence(fake, tmp_path, capsys):
 
 def test_cli_404_is_one_line_and_exit_code_2(tmp_path):
     with serve_files() as server:
-        cmd = [sys.executable, "-m", "utils.pretrained", "LKDN_x2", "--dest", str(tmp_path)]
+        cmd = [sys.executable, "-m", "utils.files.pretrained", "LKDN_x2", "--dest", str(tmp_path)]
         cmd += ["--base_url", server.url, "--no_progress"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

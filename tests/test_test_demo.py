@@ -22,16 +22,16 @@ import torch
 
 import models
 import test_demo
-import utils.timing
+import utils.measure.timing
 from models import BUNDLED_CHECKPOINT, LKDN, MODEL_NAME
-from utils.atomic_write import save_atomic
-from utils.checkpoint import build_model_from_checkpoint
 from utils.errors import UserError
-from utils.image_io import read_rgb, to_tensor
-from utils.imresize import matlab_imresize
-from utils.inference_backends import make_runner
-from utils.metrics import crop_to_multiple, psnr_rgb
-from utils.timing import PeakMemory, timed_ms
+from utils.files.atomic_write import save_atomic
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.image_io import read_rgb, to_tensor
+from utils.image.imresize import matlab_imresize
+from utils.measure.metrics import crop_to_multiple, psnr_rgb
+from utils.measure.timing import PeakMemory, timed_ms
+from utils.runtime.backends import make_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT_FIELDS = ("runtime", "psnr", "ave_runtime", "ave_psnr", "memory", "ssim", "ave_ssim")
@@ -407,20 +407,20 @@ def _touch_fresh_pages(size: int) -> None:
 
 def test_an_ignored_high_water_mark_reset_is_noticed(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        utils.timing, "_CLEAR_REFS", tmp_path / "clear_refs"
+        utils.measure.timing, "_CLEAR_REFS", tmp_path / "clear_refs"
     )  # the write succeeds, resets nothing
     sizes = {"VmHWM": 964 * 1024**2, "VmRSS": 700 * 1024**2}
-    monkeypatch.setattr(utils.timing, "_status_bytes", sizes.get)
-    assert not utils.timing.reset_high_water_mark()
+    monkeypatch.setattr(utils.measure.timing, "_status_bytes", sizes.get)
+    assert not utils.measure.timing.reset_high_water_mark()
     sizes["VmHWM"] = sizes["VmRSS"]
-    assert utils.timing.reset_high_water_mark()
+    assert utils.measure.timing.reset_high_water_mark()
 
 
 @pytest.mark.parametrize("path", ["kernel high-water mark", "sampling thread"])
 def test_peak_memory_sees_an_allocation_and_keeps_the_maximum(path, monkeypatch):
     if path == "sampling thread":  # what runs where clear_refs is missing or ignored
-        monkeypatch.setattr(utils.timing, "reset_high_water_mark", lambda: False)
-    elif not utils.timing.reset_high_water_mark():
+        monkeypatch.setattr(utils.measure.timing, "reset_high_water_mark", lambda: False)
+    elif not utils.measure.timing.reset_high_water_mark():
         pytest.skip("this kernel ignores /proc/self/clear_refs, so the high-water mark cannot be reset")
     memory = PeakMemory(torch.device("cpu"))
     with memory:

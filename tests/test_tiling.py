@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models import LKDN, lkdn, lkdn_s
-from utils.tiling import receptive_radius, tiled_forward
+from utils.runtime.tiling import receptive_radius, tiled_forward
 
 WHOLE_TOL = 1e-5
 

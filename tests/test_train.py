@@ -23,9 +23,9 @@ from train.ema import EMA
 from train.optim import build_optimizer, lr_factor
 from train.state import latest_resumable, state_path
 from train.trainer import Trainer, build_model
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.imresize import matlab_imresize
+from utils.files.checkpoint import load_checkpoint
+from utils.image.imresize import matlab_imresize
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "train" / "train_lkdn.py"

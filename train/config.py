@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.yaml_file import read_yaml_mapping
+from utils.files.yaml_file import read_yaml_mapping
 
 TRAIN_DIR = Path(__file__).resolve().parent
 STAGES = ("scratch", "finetune")

@@ -7,7 +7,7 @@ channels-last; benchmarks/bench_train_ops.py):
   stride-1 conv with "same" padding it *is* a depthwise conv of the output gradient with the kernel flipped in
   space, so the backward runs that;
 - the weight gradient of the 5x5 and dilated 5x5 depthwise convs (20-25 ms): a C++ kernel takes it (3-4 ms,
-  utils/native_conv_grad.py), and the 3x3's too (about as fast as oneDNN's);
+  train/native_conv_grad.py), and the 3x3's too (about as fast as oneDNN's);
 - the three gradients of a 1x1 conv, in separate passes: the C++ kernel computes them in one pass over tiles of
   pixels, and SharedInputLKDB runs each distillation step's two 1x1 convs of one input (the refine branch's
   and the distillation conv) through one such pass.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.team01_LKDN import LKDB, RBSB
-from utils.native_conv_grad import (
+from train.native_conv_grad import (
     depthwise_weight_grad,
     is_channels_last_float,
     native_conv_grad_available,

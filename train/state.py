@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.atomic_write import save_atomic
 from utils.errors import UserError
+from utils.files.atomic_write import save_atomic
 
 _ITER_FILE = re.compile(r"^(?:net_)?(\d+)\.(?:pth|state)$")
 

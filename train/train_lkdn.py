@@ -18,9 +18,9 @@ import argparse
 from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config
 from train.state import latest_resumable
 from train.trainer import Trainer, build_model
-from utils.atomic_write import save_atomic
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, run_cli
+from utils.files.atomic_write import save_atomic
+from utils.files.checkpoint import load_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

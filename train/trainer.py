@@ -33,12 +33,12 @@ from train.distributed import DistInfo, barrier, init_distributed, shutdown
 from train.ema import EMA
 from train.nhwc_gelu import use_nhwc_gelu
 from train.optim import build_loss, build_optimizer, build_scheduler
-from utils.atomic_write import save_atomic
-from utils.checkpoint import load_checkpoint, load_state
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.image_io import to_tensor, to_uint8
-from utils.metrics import psnr_y
+from utils.files.atomic_write import save_atomic
+from utils.files.checkpoint import load_checkpoint, load_state
+from utils.files.image_io import to_tensor, to_uint8
+from utils.measure.metrics import psnr_y
 
 log = logging.getLogger("lkdn.train")
 

@@ -1,4 +1,4 @@
-// Calls utils/kernels/conv_grad.cpp on many odd shapes with buffers of exactly the tensors' sizes, for a build
+// Calls train/kernels/conv_grad.cpp on many odd shapes with buffers of exactly the tensors' sizes, for a build
 // with -fsanitize=address,undefined (tests/test_native_conv_grad.py): any read or write out of bounds fails it.
 #include <cstdio>
 #include <vector>

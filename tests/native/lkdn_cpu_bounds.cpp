@@ -1,4 +1,4 @@
-// Calls utils/kernels/lkdn_cpu.cpp (a block and the tail) on odd sizes with buffers of exactly the tensors'
+// Calls utils/runtime/kernels/lkdn_cpu.cpp (a block and the tail) on odd sizes with buffers of exactly the tensors'
 // sizes, for a build with -fsanitize=address,undefined (tests/test_native_inference.py): any read or write out
 // of bounds fails it.
 #include <cstdio>

@@ -1,10 +1,10 @@
-"""Build a C++ kernel source under utils/kernels/ into a shared library on first use, and load it.
+"""Build a C++ kernel source into a shared library on first use, and load it.
 
 Built for the machine it runs on (`-march=native`, else a portable `-O3` build) with the system's C++
 compiler, cached under `~/.cache/lkdn` (or `$LKDN_KERNEL_CACHE`) keyed by the source and the headers beside
 it, the compiler, the flags and the CPU, and loaded with ctypes: no Python headers, no torch build. Used by
-the `native` inference backend (utils/native_lkdn.py) and by training's conv gradients
-(utils/native_conv_grad.py).
+the `native` inference backend (utils/runtime/native.py) and by training's conv gradients
+(train/native_conv_grad.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-KERNELS = Path(__file__).with_name("kernels")
+INCLUDE = Path(__file__).parent  # vector.h, the vector helpers every kernel source includes
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second for compilers without -march=native
 
 
@@ -47,7 +47,18 @@ def _compile(source: Path, compiler: str, flags: list[str], target: Path) -> Non
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
     os.close(fd)
-    cmd = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", "-pthread", str(source), "-o", tmp]
+    cmd = [
+        compiler,
+        *flags,
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        f"-I{INCLUDE}",
+        str(source),
+        "-o",
+        tmp,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
@@ -68,8 +79,9 @@ def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         raise KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
-    # what the library depends on besides the flags: the source, the headers beside it, the compiler, the CPU
-    texts = [path.read_text() for path in [source, *sorted(source.parent.glob("*.h"))]]
+    # what the library depends on besides the flags: the source, the headers it can include, the compiler, the CPU
+    headers = sorted({*source.parent.glob("*.h"), *INCLUDE.glob("*.h")})
+    texts = [path.read_text() for path in [source, *headers]]
     depends = [*texts, compiler, _cpu_key()]
     errors = []
     flag_sets = [[*flags, "-fopenmp"] for flags in FLAG_SETS] if openmp else []

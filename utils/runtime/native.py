@@ -1,9 +1,9 @@
 """The `native` CPU backend: the fused LKDN-S run by C++ kernels compiled on first use.
 
-The kernels (utils/kernels/lkdn_cpu.cpp) stream each distillation block, and then the tail (c1, c2, the
+The kernels (utils/runtime/kernels/lkdn_cpu.cpp) stream each distillation block, and then the tail (c1, c2, the
 upsampler and the pixel shuffle), row by row through all of their steps while the rows are in cache,
 instead of writing ~20 whole-image intermediates per block. The shallow features are FastLKDN's. Built on
-first use by utils/native_build.py. `native_available()` says why it cannot run, if it cannot (no compiler,
+first use by utils/native/build.py. `native_available()` says why it cannot run, if it cannot (no compiler,
 not float32 on a CPU); `make_runner("auto")` then falls back to `fast`.
 """
 
@@ -12,16 +12,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from models import LKDN
-from utils.fast_lkdn import FastLKDN
-from utils.native_build import KERNELS, KernelUnavailable, build_and_load, unavailable_reason
+from utils.native.build import KernelUnavailable, build_and_load, unavailable_reason
+from utils.runtime.fast import FastLKDN
 
-SOURCE = KERNELS / "lkdn_cpu.cpp"
+SOURCE = Path(__file__).with_name("kernels") / "lkdn_cpu.cpp"
 LANES = 16  # the kernel's vector width in floats; padded widths are multiples of it
 
 

@@ -1,8 +1,8 @@
 """Export a checkpoint's fused LKDN to ONNX, verified with onnxruntime before the file is written.
 
-    python -m utils.export_onnx --model_path CKPT -o model.onnx [--atol 1e-4]
+    python -m utils.runtime.export_onnx --model_path CKPT -o model.onnx [--atol 1e-4]
 
-Any checkpoint `utils.checkpoint` reads (fused or training form; training form is fused first). The graph has
+Any checkpoint `utils.files.checkpoint` reads (fused or training form; training form is fused first). The graph has
 symbolic batch, height and width (input `lr`: float32 RGB in [0, 1], NCHW; output `sr`, unclamped). Before
 writing, onnxruntime runs it on two input sizes and its output must match PyTorch's within `--atol`; if not,
 nothing is written and the exit code is 2. The file is written atomically.
@@ -15,12 +15,19 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `models` and `utils` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from models import BUNDLED_CHECKPOINT  # noqa: E402
-from utils.checkpoint import build_model_from_checkpoint  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.onnx_export import OPSET, VERIFY_ATOL, VERIFY_SHAPES, OnnxVerificationError, export_onnx, save_onnx  # noqa: E402
+from utils.files.checkpoint import build_model_from_checkpoint  # noqa: E402
+from utils.runtime.onnx_export import (  # noqa: E402
+    OPSET,
+    VERIFY_ATOL,
+    VERIFY_SHAPES,
+    OnnxVerificationError,
+    export_onnx,
+    save_onnx,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

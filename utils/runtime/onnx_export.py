@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from models import LKDN
-from utils.atomic_write import write_bytes_atomic
+from utils.files.atomic_write import write_bytes_atomic
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17 (onnx 1.12): the newest onnx writes one older runtimes refuse

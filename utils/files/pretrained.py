@@ -1,7 +1,7 @@
 """The LKDN authors' released checkpoints, fetched from their public repository and checked by SHA-256.
 
-    python -m utils.pretrained LKDN-S_del_rep_x4 [--dest model_zoo/authors]
-    python -m utils.pretrained all
+    python -m utils.files.pretrained LKDN-S_del_rep_x4 [--dest model_zoo/authors]
+    python -m utils.files.pretrained all
 
 The weights are the authors' work, released under the MIT licence (Copyright (c) 2023 StellaXx) in
 github.com/stella-von/LKDN, experiments/pretrained_models/LKDN/. They are downloaded, never redistributed:
@@ -15,15 +15,15 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python utils/pretrained.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/files/pretrained.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.download import download_file, sha256_of
 from utils.errors import UserError, run_cli
+from utils.files.download import download_file, sha256_of
 
 AUTHORS_BASE_URL = "https://raw.githubusercontent.com/stella-von/LKDN/main/experiments/pretrained_models/LKDN"
 BASE_URL_ENV = "LKDN_WEIGHTS_BASE_URL"
-DEFAULT_DEST = Path(__file__).resolve().parents[1] / "model_zoo" / "authors"
+DEFAULT_DEST = Path(__file__).resolve().parents[2] / "model_zoo" / "authors"
 LICENCE = "MIT licence, Copyright (c) 2023 StellaXx (github.com/stella-von/LKDN)"
 
 AUTHORS_WEIGHTS_SHA256 = {

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from utils.atomic_write import write_bytes_atomic
 from utils.errors import UserError
+from utils.files.atomic_write import write_bytes_atomic
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models import LKDN
-from utils.test_chart import SIZE, draw_test_chart, zone_plate
+from utils.image.chart import SIZE, draw_test_chart, zone_plate
 
 ROOT = Path(__file__).resolve().parents[1]
 

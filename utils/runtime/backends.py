@@ -1,12 +1,12 @@
 """Inference backends: how a fused LKDN is run. Every entry point gets its runner from `make_runner`.
 
 - `reference`: the readable module form (the target of the golden tests); on any device.
-- `fast`: `utils.fast_lkdn.FastLKDN`, the same network with fewer passes over memory (NHWC matrix products,
+- `fast`: `utils.runtime.fast.FastLKDN`, the same network with fewer passes over memory (NHWC matrix products,
   folded first conv, no concatenations, oneDNN-fused bias/GELU/product on a CPU); on any device, fastest on
   a CPU (benchmarks/bench_inference.py).
-- `native`: `utils.native_lkdn.NativeLKDN`, the blocks and the tail run by C++ kernels compiled on first
+- `native`: `utils.runtime.native.NativeLKDN`, the blocks and the tail run by C++ kernels compiled on first
   use for this CPU (g++ or clang++); float32 on a CPU only, LKDN-S / LKDN widths.
-- `onnxruntime`: the exported ONNX graph (utils.onnx_export), exported and verified on first use, or an
+- `onnxruntime`: the exported ONNX graph (utils.runtime.onnx_export), exported and verified on first use, or an
   existing .onnx file (`onnx_path`); float32 only.
 - `auto`: on a CPU `native` (float32, where the kernels build and fit the model), else `fast`; `reference`
   elsewhere, so a GPU never gets a path that was only measured on a CPU. When `native` cannot run, the
@@ -74,8 +74,8 @@ def default_backend(device: torch.device | str) -> str:
 
 def _native_runner(model: LKDN, device: torch.device, fallback: bool) -> ModuleRunner:
     """The native kernels, or (with `fallback`) the fast path named with the reason native did not run."""
-    from utils.fast_lkdn import FastLKDN
-    from utils.native_lkdn import KernelUnavailable, NativeLKDN
+    from utils.runtime.fast import FastLKDN
+    from utils.runtime.native import KernelUnavailable, NativeLKDN
 
     reason = None
     if device.type != "cpu":
@@ -91,7 +91,7 @@ def _native_runner(model: LKDN, device: torch.device, fallback: bool) -> ModuleR
 
 
 def _onnx_runner(model: LKDN, device: torch.device, onnx_path: str | Path | None) -> OnnxRunner:
-    from utils.onnx_export import export_onnx, ort_session, verify_onnx
+    from utils.runtime.onnx_export import export_onnx, ort_session, verify_onnx
 
     if onnx_path is None:
         data, _ = export_onnx(model)
@@ -140,7 +140,7 @@ def make_runner(
             raise ValueError("the native backend runs float32 only; use precision='fp32'")
         return _native_runner(model, device, fallback=backend == "auto")
     if chosen == "fast":
-        from utils.fast_lkdn import FastLKDN
+        from utils.runtime.fast import FastLKDN
 
         return ModuleRunner(FastLKDN(model).to(device, dtype).eval(), "fast" + suffix, dtype)
     module = (

@@ -3,7 +3,7 @@
 oneDNN takes 20-25 ms for the weight gradient of LKA's 5x5 and dilated 5x5 convs on a training batch (16 x 42
 x 64 x 64, one thread; benchmarks/bench_train_ops.py), about ten times the forward conv; and it reads the
 output gradient and the input of a 1x1 conv in separate passes for its three gradients. The kernels
-(utils/kernels/conv_grad.cpp) are built on first use by utils/native_build.py, with OpenMP so that they run on
+(train/kernels/conv_grad.cpp) are built on first use by utils/native/build.py, with OpenMP so that they run on
 torch's threads; train/conv_backward.py calls them when they are available and falls back to oneDNN when not.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from utils.native_build import KERNELS, build_and_load, unavailable_reason
+from utils.native.build import build_and_load, unavailable_reason
 
-SOURCE = KERNELS / "conv_grad.cpp"
+SOURCE = Path(__file__).with_name("kernels") / "conv_grad.cpp"
 
 
 @functools.cache

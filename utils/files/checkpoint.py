@@ -144,6 +144,6 @@ def checkpoint_or_bundled(given: str | Path | None, how_to_pass: str = "--model_
     if not bundled.is_file():
         raise UserError(
             f"{bundled}: the bundled checkpoint is missing; pass a checkpoint with {how_to_pass}, "
-            "e.g. the authors' LKDN-S_x4.pth (python -m utils.pretrained LKDN-S_x4)"
+            "e.g. the authors' LKDN-S_x4.pth (python -m utils.files.pretrained LKDN-S_x4)"
         )
     return bundled
