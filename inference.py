@@ -37,7 +37,7 @@ from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bu
 from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
 from utils.image.imresize import matlab_imresize
 from utils.runtime.backends import BACKENDS, Runner, make_runner
-from utils.runtime.tiling import receptive_radius, tiled_forward
+from utils.runtime.tiling import tiled_forward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_MEMORY = "2G"
@@ -190,7 +190,7 @@ def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
         runner = make_runner(model, device, args.backend)
     except ValueError as err:
         raise UserError(f"--backend {args.backend}: {err}") from None
-    radius, per_pixel = receptive_radius(model), bytes_per_lr_pixel(model)
+    radius, per_pixel = model.receptive_radius(), bytes_per_lr_pixel(model)
     if radius is not None and args.max_memory < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
         needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)
         raise UserError(
@@ -271,5 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): `main` with one-line errors and exit code 2."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -39,7 +39,7 @@ from utils.measure.metrics import crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim
 from utils.measure.model_summary import CHALLENGE_INPUT, summarize
 from utils.measure.timing import PeakMemory, timed_ms
 from utils.runtime.backends import Runner, make_runner
-from utils.runtime.tiling import receptive_radius, tiled_forward
+from utils.runtime.tiling import tiled_forward
 
 SCALE = 4
 BORDER = SCALE
@@ -103,7 +103,7 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
         runner = make_runner(model, device, args.backend)
     except ValueError as err:
         raise UserError(f"--backend {args.backend}: {err}") from None
-    radius = receptive_radius(model)
+    radius = model.receptive_radius()
     overlap = args.tile_overlap if args.tile_overlap is not None else radius
     if args.tile and overlap is None:
         raise UserError(
@@ -541,5 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): `main` with one-line errors and exit code 2."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

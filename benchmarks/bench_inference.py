@@ -28,20 +28,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from models import lkdn_s
+from utils.errors import run_cli
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.image_io import read_rgb, to_tensor
+from utils.measure.model_summary import conv_activations, count_conv_macs
+from utils.measure.timing import MB, PeakMemory
+from utils.runtime.backends import make_runner
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from models import lkdn_s  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
-from utils.files.checkpoint import build_model_from_checkpoint  # noqa: E402
-from utils.files.image_io import read_rgb, to_tensor  # noqa: E402
-from utils.measure.model_summary import conv_activations, count_conv_macs  # noqa: E402
-from utils.measure.timing import MB, PeakMemory  # noqa: E402
-from utils.runtime.backends import make_runner  # noqa: E402
 
 AUTHORS_FUSED = ROOT.parent / "shared" / "reference" / "LKDN-S_del_rep_x4.pth"
 DIV2K_SAMPLE = ROOT.parent / "shared" / "data" / "div2k_sample" / "0853x4.png"

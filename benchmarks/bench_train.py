@@ -12,12 +12,6 @@ printed. Online fusion must be at least 2x the multi-branch form in fp32.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import statistics
 import time

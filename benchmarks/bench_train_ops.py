@@ -13,12 +13,6 @@ One LKDN-S-sized batch (channels-last), median times in ms:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import statistics
 import time

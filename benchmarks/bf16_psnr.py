@@ -12,19 +12,17 @@ bf16 on a CPU without native bf16 instructions is slow; the figure that matters 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+import numpy as np
+
+from utils.errors import UserError, run_cli
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.image_io import read_rgb, to_tensor, to_uint8
+from utils.measure.metrics import psnr_y
+from utils.runtime.backends import make_runner
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.files.checkpoint import build_model_from_checkpoint  # noqa: E402
-from utils.files.image_io import read_rgb, to_tensor, to_uint8  # noqa: E402
-from utils.measure.metrics import psnr_y  # noqa: E402
-from utils.runtime.backends import make_runner  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 AUTHORS_FUSED = SHARED / "reference" / "LKDN-S_del_rep_x4.pth"

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from models import lkdn, lkdn_s  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
-from utils.measure.timing import MB, PeakMemory, reset_high_water_mark  # noqa: E402
-from utils.runtime.backends import make_runner  # noqa: E402
+from models import lkdn, lkdn_s
+from utils.device import resolve_device
+from utils.measure.timing import MB, PeakMemory, reset_high_water_mark
+from utils.runtime.backends import make_runner
 
 
 def _in_use(device: torch.device) -> float:

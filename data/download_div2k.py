@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python data/download_div2k.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli
 from utils.files.download import download_file, extract_zip
@@ -180,5 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): `main` with one-line errors and exit code 2."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -12,17 +12,12 @@ reused. The HR used for training is the top-left crop of the HR image to a multi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `import utils` work
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from utils.errors import UserError, run_cli
 from utils.files.image_io import read_rgb, read_size, write_rgb

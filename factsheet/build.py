@@ -11,12 +11,6 @@ the organizers ask for) and factsheet/factsheet.pdf (pdflatex, run twice for the
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import io
 import os
@@ -25,6 +19,7 @@ import subprocess
 import zipfile
 from calendar import timegm
 from dataclasses import dataclass
+from pathlib import Path
 from time import strptime
 
 from factsheet.manifest import DEFAULT_MANIFEST, FACTSHEET_DIR, Manifest, load_manifest

@@ -14,23 +14,31 @@ MODEL_NAME = f"team{TEAM_NUMBER:02d}_LKDN"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "model_zoo" / f"{MODEL_NAME}.pth"
 
 _network = importlib.import_module(f"{__name__}.{MODEL_NAME}")
+ATTENTIONS = _network.ATTENTIONS
+SHALLOW_BLOCKS = _network.SHALLOW_BLOCKS
 LKDN = _network.LKDN
 LKDB = _network.LKDB
 RBSB = _network.RBSB
 RepUpsampler = _network.RepUpsampler
+config_from_state_dict = _network.config_from_state_dict
 fuse_model = _network.fuse_model
+replace_modules = _network.replace_modules
 lkdn_s = _network.lkdn_s
 lkdn = _network.lkdn
 
 __all__ = [
+    "ATTENTIONS",
     "BUNDLED_CHECKPOINT",
     "LKDB",
     "LKDN",
     "MODEL_NAME",
     "RBSB",
+    "SHALLOW_BLOCKS",
     "RepUpsampler",
     "TEAM_NUMBER",
+    "config_from_state_dict",
     "fuse_model",
     "lkdn",
     "lkdn_s",
+    "replace_modules",
 ]

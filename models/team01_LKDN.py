@@ -11,7 +11,9 @@ of the inference form). `fuse_model` is a walk over those blocks.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+import re
+from collections.abc import Callable, Mapping
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,13 @@ from torch import Tensor, nn
 
 Attention = Literal["lka", "esa_cca", "none"]
 ShallowBlock = Literal["rbsb", "bsconv_shortcut", "bsconv"]
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+SHALLOW_BLOCKS: tuple[str, ...] = get_args(ShallowBlock)
+
+
+def conv_radius(conv: nn.Conv2d) -> int:
+    """How many pixels on each side of an output pixel a (square, odd) conv reads."""
+    return conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
 
 
 class BSConv(nn.Module):
@@ -65,9 +74,7 @@ class RBSB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.online_fusion:
             pw, dw, bias = self.fused_params()
-            # through the branch modules' own conv calls, so that a specialized module (training's CPU
-            # backward, train/conv_backward.py) applies to the fused weights too
-            return self.dw._conv_forward(self.pw._conv_forward(x, pw, None), dw, bias)
+            return F.conv2d(F.conv2d(x, pw), dw, bias, padding=1, groups=dw.shape[0])
         y = self.pw(x) + x
         return self.dw(y) + y + self.rep1x1(y)
 
@@ -144,6 +151,9 @@ class LKA(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         return u * self.depthwise_dilated(self.depthwise(self.pointwise(u)))
+
+    def receptive_radius(self) -> int:
+        return conv_radius(self.depthwise) + conv_radius(self.depthwise_dilated)
 
 
 class ESA(nn.Module):
@@ -252,6 +262,15 @@ class LKDB(nn.Module):
         r3 = self.act(self.c3_r(r2))
         return self.merge([self.c1_d(x), self.c2_d(r1), self.c3_d(r2), self.c4(r3)], x)
 
+    def receptive_radius(self) -> int | None:
+        """The block's LR radius along its longest path (three refine steps, c4, attention); None when the
+        attention pools globally (ESA + CCA: every output depends on the whole image). 1x1 convs, GELU and
+        the per-pixel LayerNorm do not widen it."""
+        if isinstance(self.atten, ESACCA):
+            return None
+        attention = self.atten.receptive_radius() if isinstance(self.atten, LKA) else 0
+        return sum(conv_radius(getattr(self, name).dw) for name in ("c1_r", "c2_r", "c3_r", "c4")) + attention
+
     def merge(self, distilled: list[Tensor], x: Tensor) -> Tensor:
         """The block after its distillation steps: c5 over the distilled features, attention, c6, pixel norm,
         and the residual `x`."""
@@ -282,6 +301,7 @@ class LKDN(nn.Module):
     ) -> None:
         super().__init__()
         self.num_feat, self.num_blocks, self.scale = num_feat, num_blocks, scale
+        self.in_ch, self.out_ch = in_ch, out_ch
         self.attention, self.shallow, self.fused = attention, shallow, fused
         self.fea_conv = BSConv(in_ch * 4, num_feat)
         for i in range(1, num_blocks + 1):
@@ -315,9 +335,21 @@ class LKDN(nn.Module):
             "num_feat": self.num_feat,
             "num_blocks": self.num_blocks,
             "scale": self.scale,
+            "in_ch": self.in_ch,
+            "out_ch": self.out_ch,
             "attention": self.attention,
             "shallow": self.shallow,
         }
+
+    def receptive_radius(self) -> int | None:
+        """The LR receptive-field radius: an output pixel depends on the input within this many LR pixels
+        (fea_conv's 3x3, the blocks, c2's 3x3, the upsampler's 3x3: 63 for LKDN-S, 99 for LKDN); None for the
+        ESA + CCA ablation, whose global pooling reads the whole image."""
+        blocks = [block.receptive_radius() for block in self.blocks]
+        if None in blocks:
+            return None
+        up = self.upsampler[0] if isinstance(self.upsampler, nn.Sequential) else self.upsampler.conv3
+        return conv_radius(self.fea_conv.dw) + sum(blocks) + conv_radius(self.c2.dw) + conv_radius(up)
 
     def set_online_fusion(self, enabled: bool) -> LKDN:
         for module in self.modules():
@@ -326,17 +358,56 @@ class LKDN(nn.Module):
         return self
 
 
+def config_from_state_dict(state: Mapping[str, Tensor]) -> dict:
+    """The constructor arguments of the LKDN a state dict was saved from, and whether it is the fused form:
+    {num_feat, num_blocks, scale, in_ch, out_ch, attention, fused}. Raises KeyError naming a key that every
+    LKDN state dict has when `state` has not got it.
+
+    The shallow block is not stored in the keys (RBSB's fused form and the BSConv ablations share them): an
+    RBSB (training-form keys) or a fused RBSB is assumed."""
+    for key in ("fea_conv.pw.weight", "c1.weight", "B1.c5.weight"):
+        if key not in state:
+            raise KeyError(key)
+    num_feat, in_ch4 = state["fea_conv.pw.weight"].shape[:2]
+    fused = "upsampler.0.weight" in state
+    up = state["upsampler.0.weight" if fused else "upsampler.conv3.weight"]
+    in_ch = in_ch4 // 4
+    out_ch = in_ch  # the network's output has its input's channels in every released configuration
+    scale = round((up.shape[0] / out_ch) ** 0.5)
+    if "B1.atten.pointwise.weight" in state:
+        attention = "lka"
+    elif "B1.atten.esa.conv1.weight" in state:
+        attention = "esa_cca"
+    else:
+        attention = "none"
+    num_blocks = len({int(m.group(1)) for key in state if (m := re.match(r"B(\d+)\.", key))})
+    return {
+        "num_feat": int(num_feat), "num_blocks": num_blocks, "scale": scale, "in_ch": int(in_ch),
+        "out_ch": int(out_ch), "attention": attention, "fused": fused,
+    }  # fmt: skip
+
+
+def replace_modules(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Replace, in place, every submodule for which `replacement` returns a module (children of a replaced
+    module are visited too, under the same names). Returns how many were replaced."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        new = replacement(module)
+        if new is None or not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        replaced += 1
+    return replaced
+
+
 def fuse_model(model: LKDN) -> LKDN:
     """The inference form of a training-form model: every multi-branch block replaced by its fused conv.
 
     Returns a new model (the input is left as it is); a model that is already fused is returned as a copy.
     """
     fused = copy.deepcopy(model)
-    for name, module in list(fused.named_modules()):
-        if hasattr(module, "fused_module"):
-            parent_name, _, child = name.rpartition(".")
-            parent = fused.get_submodule(parent_name) if parent_name else fused
-            setattr(parent, child, module.fused_module())
+    replace_modules(fused, lambda m: m.fused_module() if hasattr(m, "fused_module") else None)
     fused.fused = True
     return fused
 

@@ -12,23 +12,20 @@ upscalings against the chart.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-import inference  # noqa: E402
-from models import BUNDLED_CHECKPOINT  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
-from utils.files.checkpoint import config_name, describe_state_dict, read_state_dict  # noqa: E402
-from utils.files.image_io import read_rgb, write_image, write_rgb  # noqa: E402
-from utils.image.chart import draw_test_chart  # noqa: E402
-from utils.image.imresize import matlab_imresize  # noqa: E402
-from utils.measure.metrics import psnr_rgb, psnr_y  # noqa: E402
+import inference
+from models import BUNDLED_CHECKPOINT, config_from_state_dict
+from utils.errors import run_cli
+from utils.files.checkpoint import config_name, read_state_dict
+from utils.files.image_io import read_rgb, write_image, write_rgb
+from utils.image.chart import draw_test_chart
+from utils.image.imresize import matlab_imresize
+from utils.measure.metrics import psnr_rgb, psnr_y
 
 SCALE = 4
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "before_after_x4.png"
@@ -76,7 +73,7 @@ def main() -> int:
             return code
         sr = read_rgb(Path(tmp) / f"chart_x{SCALE}.png")
     if args.label is None:
-        found = describe_state_dict(read_state_dict(args.model_path or BUNDLED_CHECKPOINT))
+        found = config_from_state_dict(read_state_dict(args.model_path or BUNDLED_CHECKPOINT))
         args.label = config_name(found["num_feat"], found["num_blocks"])
     for name, img in (("MATLAB bicubic", bicubic), (args.label, sr)):
         print(

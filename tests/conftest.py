@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 # One thread per test process (and its subprocesses): the inputs here are tiny, and two OpenMP threads on a
@@ -17,9 +16,6 @@ SHARED = ROOT.parent / "shared"
 REFERENCE = SHARED / "reference"
 BENCHMARK = SHARED / "data" / "benchmark"
 TRAIN_DATA = SHARED / "data" / "train"
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def _require(path: Path) -> Path:

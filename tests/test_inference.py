@@ -26,7 +26,6 @@ from utils.errors import UserError
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import image_to_tensor, read_rgb, to_tensor, to_uint8
 from utils.image.imresize import matlab_imresize
-from utils.runtime.tiling import receptive_radius
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = "LKDN-S_del_rep_x4.pth"
@@ -159,7 +158,7 @@ def test_exif_orientation_is_applied_before_upscaling(tmp_path, checkpoint, mode
 
 def test_tiled_equals_whole_with_the_receptive_radius_as_overlap(model, benchmark_dir):
     lr = to_tensor(read_rgb(benchmark_dir / "Set14" / "LR_bicubic_x4" / "barbara.png")[:40, :176].copy())
-    radius = receptive_radius(model)
+    radius = model.receptive_radius()
     upscaler = inference.Upscaler(model, torch.device("cpu"), 4, radius, 1, 1)
     # width 176 > 24 + 2 * 63: inner tiles take their context from the overlap on both sides
     torch.testing.assert_close(upscaler.run(lr, tile=24), upscaler.run(lr, tile=176), atol=WHOLE_TOL, rtol=0)

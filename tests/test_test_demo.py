@@ -266,7 +266,7 @@ def test_tiled_forward_of_the_authors_model_equals_whole(reference_dir):
     model = build_model_from_checkpoint(reference_dir / "LKDN-S_del_rep_x4.pth")
     runner = make_runner(model, "cpu", "reference")
     x = torch.rand(1, 3, 20, 150, generator=torch.Generator().manual_seed(0))
-    radius = test_demo.receptive_radius(model)
+    radius = model.receptive_radius()
     whole = test_demo.forward(runner, x, tile=None, overlap=0)
     torch.testing.assert_close(
         test_demo.forward(runner, x, tile=24, overlap=radius), whole, atol=1e-5, rtol=0

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models import LKDN, lkdn, lkdn_s
-from utils.runtime.tiling import receptive_radius, tiled_forward
+from utils.runtime.tiling import tiled_forward
 
 WHOLE_TOL = 1e-5
 
@@ -22,12 +22,12 @@ def random_lkdn_s() -> LKDN:
 
 def test_receptive_radius_of_the_named_configurations():
     # 1 (fea_conv) + blocks * (4 x 3x3 + LKA 5x5 (2) + 5x5 dilation 3 (6)) + 1 (c2) + 1 (upsampler)
-    assert receptive_radius(lkdn_s(fused=True)) == 1 + 5 * 12 + 1 + 1 == 63
-    assert receptive_radius(lkdn_s()) == 63  # the training form has the same field
-    assert receptive_radius(lkdn(fused=True)) == 1 + 8 * 12 + 1 + 1
-    assert receptive_radius(lkdn_s(attention="none", fused=True)) == 1 + 5 * 4 + 1 + 1
+    assert lkdn_s(fused=True).receptive_radius() == 1 + 5 * 12 + 1 + 1 == 63
+    assert lkdn_s().receptive_radius() == 63  # the training form has the same field
+    assert lkdn(fused=True).receptive_radius() == 1 + 8 * 12 + 1 + 1
+    assert lkdn_s(attention="none", fused=True).receptive_radius() == 1 + 5 * 4 + 1 + 1
     assert (
-        receptive_radius(lkdn_s(attention="esa_cca", fused=True)) is None
+        lkdn_s(attention="esa_cca", fused=True).receptive_radius() is None
     )  # global pooling: no finite field
 
 
@@ -35,7 +35,7 @@ def test_receptive_radius_is_the_exact_support_of_the_gradient():
     """One output pixel depends on exactly the LR pixels within the radius (float64: no underflow to zero)."""
     torch.manual_seed(0)
     model = LKDN(num_feat=2, num_blocks=5, fused=True).double().eval()  # LKDN-S's depth, narrow to be cheap
-    radius = receptive_radius(model)
+    radius = model.receptive_radius()
     size, centre = 2 * radius + 3, radius + 1
     x = torch.rand(1, 3, size, size, dtype=torch.float64, requires_grad=True)
     model(x)[0, 0, centre * 4, centre * 4].backward()
@@ -45,12 +45,12 @@ def test_receptive_radius_is_the_exact_support_of_the_gradient():
 
 
 def test_tiled_equals_whole_with_the_receptive_radius_as_overlap(random_lkdn_s):
-    assert receptive_radius(random_lkdn_s) == 63
+    assert random_lkdn_s.receptive_radius() == 63
     # width > tile + 2 * 63: interior tiles are cut on both sides, so their context really comes from the overlap
     x = torch.rand(1, 3, 16, 160, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         whole = random_lkdn_s(x)
-        tiled = tiled_forward(random_lkdn_s, x, tile=32, overlap=receptive_radius(random_lkdn_s), scale=4)
+        tiled = tiled_forward(random_lkdn_s, x, tile=32, overlap=random_lkdn_s.receptive_radius(), scale=4)
     torch.testing.assert_close(tiled, whole, atol=WHOLE_TOL, rtol=0)
 
 
@@ -60,7 +60,7 @@ def test_tiled_equals_whole_in_two_dimensions():
     x = torch.rand(2, 3, 50, 56)
     with torch.inference_mode():
         whole = model(x)
-        tiled = tiled_forward(model, x, tile=16, overlap=receptive_radius(model), scale=4)
+        tiled = tiled_forward(model, x, tile=16, overlap=model.receptive_radius(), scale=4)
     torch.testing.assert_close(tiled, whole, atol=WHOLE_TOL, rtol=0)
 
 

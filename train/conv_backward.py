@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.team01_LKDN import LKDB, RBSB
+from models import LKDB, RBSB, replace_modules
 from train.native_conv_grad import (
     depthwise_weight_grad,
     is_channels_last_float,
@@ -127,21 +127,27 @@ def pointwise_convs(x: Tensor, *weights_and_biases: Tensor | None) -> tuple[Tens
     return tuple(F.conv2d(x, w, b) for w, b in pairs)
 
 
+def depthwise_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int], dilation: tuple[int, int]
+) -> Tensor:
+    """A stride-1 "same" depthwise conv whose gradients run fast on a CPU; elsewhere the plain conv."""
+    if _speeds_up(x):
+        return _FastDepthwise.apply(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+
 class FastGradDepthwiseConv2d(nn.Conv2d):
     """A stride-1 "same" depthwise nn.Conv2d whose gradients run fast on a CPU (see the module docstring)."""
 
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        # nn.Conv2d.forward calls this with the module's parameters; RBSB calls it with its fused weights
-        if _speeds_up(x):
-            return _FastDepthwise.apply(x, weight, bias, self.padding, self.dilation)
-        return super()._conv_forward(x, weight, bias)
+    def forward(self, x: Tensor) -> Tensor:
+        return depthwise_conv(x, self.weight, self.bias, self.padding, self.dilation)
 
 
 class FastGradPointwiseConv2d(nn.Conv2d):
     """A 1x1 nn.Conv2d whose three gradients the C++ kernel computes in one pass on a CPU."""
 
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return pointwise_convs(x, weight, bias)[0]
+    def forward(self, x: Tensor) -> Tensor:
+        return pointwise_convs(x, self.weight, self.bias)[0]
 
 
 class SharedInputLKDB(LKDB):
@@ -158,8 +164,16 @@ class SharedInputLKDB(LKDB):
             pw, dw, bias = refine.fused_params()
             before_dw, d = pointwise_convs(h, pw, None, distill.weight, distill.bias)
             distilled.append(d)
-            h = self.act(refine.dw._conv_forward(before_dw, dw, bias))
+            h = self.act(depthwise_conv(before_dw, dw, bias, refine.dw.padding, refine.dw.dilation))
         return self.merge([*distilled, self.c4(h)], x)
+
+    @classmethod
+    def adopting(cls, block: LKDB) -> SharedInputLKDB:
+        """A SharedInputLKDB made of `block`'s own submodules (an LKDB holds nothing else): built empty rather
+        than through LKDB.__init__, which would make convs only to drop them."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        return _adopt(new, block)
 
 
 def _plain_conv(conv: nn.Module) -> bool:
@@ -183,20 +197,36 @@ def _pointwise(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)
 
 
+def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
+    """`new` holding `old`'s very parameters, buffers and children (shared, not copied: an optimizer or EMA
+    built before keeps working) and its training flag."""
+    for name, child in old.named_children():
+        setattr(new, name, child)
+    for name, param in old.named_parameters(recurse=False):
+        setattr(new, name, param)
+    for name, buffer in old.named_buffers(recurse=False):
+        new.register_buffer(name, buffer)
+    return new.train(old.training)
+
+
+def _fast_conv(conv: nn.Module) -> nn.Module | None:
+    if not _plain_conv(conv) or not (_same_depthwise(conv) or _pointwise(conv)):
+        return None
+    kind = FastGradDepthwiseConv2d if _same_depthwise(conv) else FastGradPointwiseConv2d
+    new = kind(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, conv.bias is not None, device="meta",
+    )  # fmt: skip
+    return _adopt(new, conv)
+
+
+def _shared_input_block(block: nn.Module) -> nn.Module | None:
+    return SharedInputLKDB.adopting(block) if type(block) is LKDB else None
+
+
 def use_fast_conv_backward(model: nn.Module) -> int:
-    """Turn every stride-1 "same" depthwise conv of `model` into a FastGradDepthwiseConv2d, every 1x1 conv
-    into a FastGradPointwiseConv2d and every LKDB into a SharedInputLKDB, in place; the parameters,
-    state-dict keys and outputs stay as they are. Returns how many convs changed."""
-    for block in [module for module in model.modules() if type(module) is LKDB]:
-        block.__class__ = SharedInputLKDB
-    changed = 0
-    for conv in [module for module in model.modules() if _plain_conv(module)]:
-        # subclasses that add no state: only the conv call differs
-        if _same_depthwise(conv):
-            conv.__class__ = FastGradDepthwiseConv2d
-        elif _pointwise(conv):
-            conv.__class__ = FastGradPointwiseConv2d
-        else:
-            continue
-        changed += 1
-    return changed
+    """Replace, in `model`, every stride-1 "same" depthwise conv by a FastGradDepthwiseConv2d, every 1x1 conv
+    by a FastGradPointwiseConv2d and every LKDB by a SharedInputLKDB, holding the same parameters: the
+    state-dict keys and outputs stay as they are. Returns how many convs were replaced."""
+    replace_modules(model, _shared_input_block)
+    return replace_modules(model, _fast_conv)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import replace_modules
+
 
 class NHWCGELU(nn.GELU):
     """nn.GELU that runs a channels-last 4-D input through its contiguous NHWC view."""
@@ -23,8 +25,5 @@ class NHWCGELU(nn.GELU):
 
 
 def use_nhwc_gelu(model: nn.Module) -> int:
-    """Turn every nn.GELU of `model` into an NHWCGELU, in place (no state changes). Returns how many."""
-    activations = [module for module in model.modules() if type(module) is nn.GELU]
-    for module in activations:
-        module.__class__ = NHWCGELU  # a subclass that adds no state: only forward differs
-    return len(activations)
+    """Replace every nn.GELU in `model` by an NHWCGELU (GELU has no state). Returns how many."""
+    return replace_modules(model, lambda m: NHWCGELU(m.approximate) if type(m) is nn.GELU else None)

@@ -7,13 +7,8 @@ empty folder. Multi-GPU or multi-process: `torchrun --nproc_per_node=N train/tra
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
+from pathlib import Path
 
 from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config
 from train.state import latest_resumable
@@ -94,5 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): `main` with one-line errors and exit code 2."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

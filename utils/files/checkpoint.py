@@ -8,14 +8,13 @@ checkpoint, the first offending key and the configuration that would fit.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 import models
-from models import LKDN, fuse_model
+from models import LKDN, config_from_state_dict, fuse_model
 from utils.errors import UserError
 
 PREFERRED_KEYS = ("params_ema", "params", "state_dict", "model")
@@ -44,18 +43,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {key.removeprefix("module."): value for key, value in obj.items()}
 
 
-def describe_state_dict(state: dict[str, Tensor]) -> dict:
-    """The LKDN configuration a state dict was saved from (channels, blocks, scale, fused or training form)."""
-    if "fea_conv.pw.weight" not in state:
-        raise KeyError("fea_conv.pw.weight")
-    num_feat = state["fea_conv.pw.weight"].shape[0]
-    num_blocks = len({int(m.group(1)) for key in state if (m := re.match(r"B(\d+)\.", key))})
-    fused = "upsampler.0.weight" in state
-    up = state.get("upsampler.0.weight", state.get("upsampler.conv3.weight"))
-    scale = round((up.shape[0] / 3) ** 0.5) if up is not None else None
-    return {"num_feat": num_feat, "num_blocks": num_blocks, "scale": scale, "fused": fused}
-
-
 def config_name(num_feat: int, num_blocks: int) -> str:
     return NAMED_CONFIGS.get(
         (num_feat, num_blocks), f"an LKDN with {num_feat} channels and {num_blocks} blocks"
@@ -65,8 +52,8 @@ def config_name(num_feat: int, num_blocks: int) -> str:
 def _mismatch(path: Path, state: dict[str, Tensor], model: LKDN, detail: str) -> UserError:
     wanted = config_name(model.num_feat, model.num_blocks)
     try:
-        found = describe_state_dict(state)
-    except KeyError:
+        found = config_from_state_dict(state)
+    except (KeyError, IndexError, ValueError):
         return UserError(f"{path}: not an LKDN checkpoint ({detail}); pass a checkpoint of {wanted}")
     name = config_name(found["num_feat"], found["num_blocks"])
     form = "fused" if found["fused"] else "training"
@@ -125,15 +112,15 @@ def build_model_from_checkpoint(path: str | Path, fused: bool = True) -> LKDN:
     path = Path(path)
     state = read_state_dict(path)
     try:
-        found = describe_state_dict(state)
-    except KeyError:
+        found = config_from_state_dict(state)
+    except KeyError as err:
+        raise UserError(f"{path}: not an LKDN checkpoint (no {err}); pass an LKDN .pth") from None
+    except (IndexError, ValueError, ZeroDivisionError):
         raise UserError(
-            f"{path}: not an LKDN checkpoint (no 'fea_conv.pw.weight'); pass an LKDN .pth"
+            f"{path}: not an LKDN checkpoint (tensors of impossible shapes); pass an LKDN .pth"
         ) from None
-    model = LKDN(
-        num_feat=found["num_feat"], num_blocks=found["num_blocks"], scale=found["scale"], fused=fused
-    )
-    return load_state(model, state, path)
+    found.pop("fused")
+    return load_state(LKDN(**found, fused=fused), state, path)
 
 
 def checkpoint_or_bundled(given: str | Path | None, how_to_pass: str = "--model_path <file.pth>") -> Path:

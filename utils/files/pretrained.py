@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python utils/files/pretrained.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.errors import UserError, run_cli
 from utils.files.download import download_file, sha256_of
@@ -86,5 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): `main` with one-line errors and exit code 2."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,16 +11,12 @@ nothing is written and the exit code is 2. The file is written atomically.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `models` and `utils` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from models import BUNDLED_CHECKPOINT  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.files.checkpoint import build_model_from_checkpoint  # noqa: E402
-from utils.runtime.onnx_export import (  # noqa: E402
+from models import BUNDLED_CHECKPOINT
+from utils.errors import UserError, run_cli
+from utils.files.checkpoint import build_model_from_checkpoint
+from utils.runtime.onnx_export import (
     OPSET,
     VERIFY_ATOL,
     VERIFY_SHAPES,
@@ -57,5 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): `main` with one-line errors and exit code 2."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

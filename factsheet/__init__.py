@@ -1,0 +1,1 @@
+"""The factsheet: tables generated from committed measurements, the LaTeX source and its PDF."""
