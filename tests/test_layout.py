@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import models
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # what each part of the repository may import of the repository (besides itself); utils/__init__.py says why
@@ -117,9 +119,9 @@ def test_a_new_team_number_needs_only_the_constant_and_two_file_names(tmp_path):
         ROOT, copy, ignore=shutil.ignore_patterns(".git", "runs", "__pycache__", "*.pdf", "build")
     )
     init = copy / "models" / "__init__.py"
-    init.write_text(init.read_text().replace("TEAM_NUMBER = 1\n", "TEAM_NUMBER = 42\n"))
-    (copy / "models" / "team01_LKDN.py").rename(copy / "models" / "team42_LKDN.py")
-    (copy / "model_zoo" / "team01_LKDN.pth").rename(copy / "model_zoo" / "team42_LKDN.pth")
+    init.write_text(init.read_text().replace(f"TEAM_NUMBER = {models.TEAM_NUMBER}\n", "TEAM_NUMBER = 42\n"))
+    (copy / "models" / f"{models.MODEL_NAME}.py").rename(copy / "models" / "team42_LKDN.py")
+    (copy / "model_zoo" / f"{models.MODEL_NAME}.pth").rename(copy / "model_zoo" / "team42_LKDN.pth")
     code = (
         # an editable install of the original checkout serves its modules after the copy's: not here
         "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"

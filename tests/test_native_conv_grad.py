@@ -120,9 +120,8 @@ def test_portable_and_single_threaded_builds_compute_the_same(tmp_path, monkeypa
     """Without -march=native (generic vector code) and without OpenMP (pragmas ignored, one thread)."""
     monkeypatch.setenv("LKDN_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setattr(native_build, "FLAG_SETS", flags)
-    build = native_conv_grad.build_and_load
-    monkeypatch.setattr(native_conv_grad, "build_and_load", lambda source, openmp: build(source, use_openmp))
-    native_conv_grad.load_kernel.cache_clear()
+    monkeypatch.setattr(native_conv_grad.KERNEL, "openmp", use_openmp)
+    native_conv_grad.KERNEL.forget()
     try:
         x, grad = _channels_last(2, 21, 7, 9, seed=0), _channels_last(2, 21, 7, 9, seed=1)
         got_w, got_b = depthwise_weight_grad(grad, x, (5, 5), (3, 3), (6, 6), True, threads=2)
@@ -137,7 +136,7 @@ def test_portable_and_single_threaded_builds_compute_the_same(tmp_path, monkeypa
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
         assert len(list(tmp_path.glob("conv_grad_*.so"))) == 1
     finally:
-        native_conv_grad.load_kernel.cache_clear()
+        native_conv_grad.KERNEL.forget()
 
 
 def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):

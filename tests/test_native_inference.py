@@ -127,9 +127,9 @@ def test_native_is_cpu_only(random_lkdn_s):
 def fresh_kernel_build(tmp_path, monkeypatch):
     """An empty kernel cache and no loaded kernel (restored afterwards)."""
     monkeypatch.setenv("LKDN_KERNEL_CACHE", str(tmp_path))
-    native_lkdn.load_kernel.cache_clear()
+    native_lkdn.KERNEL.forget()
     yield tmp_path
-    native_lkdn.load_kernel.cache_clear()
+    native_lkdn.KERNEL.forget()
 
 
 def test_without_a_compiler_auto_falls_back_and_says_why(fresh_kernel_build, monkeypatch, random_lkdn_s):
@@ -154,7 +154,7 @@ def test_a_build_is_cached_by_source_compiler_and_cpu(fresh_kernel_build):
     assert native_available() is None
     (library,) = fresh_kernel_build.glob("lkdn_cpu_*.so")
     stamp = library.stat().st_mtime_ns
-    native_lkdn.load_kernel.cache_clear()
+    native_lkdn.KERNEL.forget()
     assert native_available() is None
     assert [p.name for p in fresh_kernel_build.iterdir()] == [library.name]
     assert library.stat().st_mtime_ns == stamp

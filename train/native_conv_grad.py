@@ -10,34 +10,36 @@ torch's threads; train/conv_backward.py calls them when they are available and f
 from __future__ import annotations
 
 import ctypes
-import functools
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from utils.native.build import build_and_load, unavailable_reason
+from utils.native.build import NativeLibrary
 
 SOURCE = Path(__file__).with_name("kernels") / "conv_grad.cpp"
 
 
-@functools.cache
-def load_kernel() -> ctypes.CDLL:
-    """The compiled kernel, built on first use; raises KernelUnavailable with the reason."""
-    lib = build_and_load(SOURCE, openmp=True)
+def _declare(lib: ctypes.CDLL) -> None:
     i32, ptr = ctypes.c_int, ctypes.c_void_p
     lib.depthwise_weight_grad.restype = i32
     lib.depthwise_weight_grad.argtypes = [ptr, ptr] + [i32] * 12 + [ptr, ptr, i32]
     lib.pointwise_backward.restype = i32
     lib.pointwise_backward.argtypes = [ptr, ptr, i32, ptr, ptr, ctypes.c_long, i32, ptr, ptr, ptr, i32]
-    return lib
 
 
-@functools.cache
+KERNEL = NativeLibrary(SOURCE, openmp=True, declare=_declare)
+
+
+def load_kernel() -> ctypes.CDLL:
+    """The compiled kernel, built on first use; raises KernelUnavailable with the reason."""
+    return KERNEL.load()
+
+
 def native_conv_grad_available() -> str | None:
-    """None when the kernels run here, else the reason they do not (asked on every backward pass: a failed
-    build is not retried)."""
-    return unavailable_reason(load_kernel)
+    """None when the kernels run here, else the reason they do not (asked on every backward pass: the outcome
+    is kept for the process)."""
+    return KERNEL.unavailable_reason()
 
 
 def is_channels_last_float(t: Tensor) -> bool:

@@ -31,6 +31,7 @@ from train.config import TrainConfig
 from train.conv_backward import use_fast_conv_backward
 from train.distributed import DistInfo, barrier, init_distributed, shutdown
 from train.ema import EMA
+from train.native_conv_grad import native_conv_grad_available
 from train.nhwc_gelu import use_nhwc_gelu
 from train.optim import build_loss, build_optimizer, build_scheduler
 from utils.device import resolve_device
@@ -173,6 +174,10 @@ class Trainer:
         if self.device.type == "cpu":  # CPU-only speed-ups that change no number
             use_fast_conv_backward(self.model)
             use_nhwc_gelu(self.model)
+            if (reason := native_conv_grad_available()) is not None:
+                log.warning(
+                    "C++ conv-gradient kernels unavailable (%s); oneDNN's gradients run instead", reason
+                )
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = build_optimizer(self.model.parameters(), config)
         self.scheduler = build_scheduler(self.optimizer, config)

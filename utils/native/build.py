@@ -2,7 +2,12 @@
 
 Built for the machine it runs on (`-march=native`, else a portable `-O3` build) with the system's C++
 compiler, cached under `~/.cache/lkdn` (or `$LKDN_KERNEL_CACHE`) keyed by the source and the headers beside
-it, the compiler, the flags and the CPU, and loaded with ctypes: no Python headers, no torch build. Used by
+it, the compiler, the flags and the CPU, and loaded with ctypes: no Python headers, no torch build.
+
+A cached library is named after the SHA-256 of its own bytes and checked against it before it is loaded: a
+truncated or overwritten file (which would crash the process when mapped) is rebuilt instead. A build is
+written to a temporary file, fsynced and renamed; temporary files a killed build left are removed.
+`NativeLibrary` loads a source once per process and keeps the outcome, success or the reason for failure. Used by
 the `native` inference backend (utils/runtime/native.py) and by training's conv gradients
 (train/native_conv_grad.py).
 """
@@ -16,6 +21,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +49,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LKDN_KERNEL_CACHE") or Path.home() / ".cache" / "lkdn")
 
 
-def _compile(source: Path, compiler: str, flags: list[str], target: Path) -> None:
-    """Compile to a temporary file beside `target`, then rename: never a half-written library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
+STALE_TMP_SECONDS = 900  # older than any build may take (the compiler's timeout is 300 s)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _verified(cache: Path, stem: str) -> Path | None:
+    """The cached library `stem.<digest>.so` whose bytes match its digest; any other file of `stem` (torn,
+    overwritten, half-written) is deleted."""
+    found = None
+    for path in cache.glob(f"{stem}.*.so"):
+        if found is None and path.name == f"{stem}.{_digest(path)}.so":
+            found = path
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def _remove_stale_temporaries(cache: Path) -> None:
+    cutoff = time.time() - STALE_TMP_SECONDS
+    for tmp in cache.glob("*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:
+            pass  # another process's build finished or removed it
+
+
+def _compile(source: Path, compiler: str, flags: list[str], cache: Path, stem: str) -> Path:
+    """Compile to a temporary file in `cache`, fsync it, rename it to `stem.<digest>.so`: never a torn file."""
+    cache.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache)
+    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=cache)
     os.close(fd)
     cmd = [
         compiler,
@@ -65,13 +102,17 @@ def _compile(source: Path, compiler: str, flags: list[str], target: Path) -> Non
             lines = done.stderr.strip().splitlines() or ["no message"]
             first_error = next((line for line in lines if "error" in line), lines[0])
             raise KernelUnavailable(f"{compiler} failed on {source.name}: {first_error[:200]}")
+        with open(tmp, "rb") as built:
+            os.fsync(built.fileno())
+        target = cache / f"{stem}.{_digest(Path(tmp))}.so"
         os.replace(tmp, target)
+        return target
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
 def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
-    """The library built from `source` (from the cache when it is there); raises KernelUnavailable.
+    """The library built from `source` (from the cache when it is there and intact); raises KernelUnavailable.
 
     `openmp` tries `-fopenmp` builds first: loaded after torch, such a library runs on torch's own OpenMP
     runtime and threads (the same soname, libgomp.so.1, is already loaded). Without it the source's
@@ -81,26 +122,63 @@ def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
         raise KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
     # what the library depends on besides the flags: the source, the headers it can include, the compiler, the CPU
     headers = sorted({*source.parent.glob("*.h"), *INCLUDE.glob("*.h")})
-    texts = [path.read_text() for path in [source, *headers]]
+    try:
+        texts = [path.read_text() for path in [source, *headers]]
+    except OSError as err:
+        raise KernelUnavailable(
+            f"{source}: kernel source unreadable ({err.strerror}); reinstall the repository"
+        ) from None
     depends = [*texts, compiler, _cpu_key()]
     errors = []
     flag_sets = [[*flags, "-fopenmp"] for flags in FLAG_SETS] if openmp else []
     for flags in [*flag_sets, *FLAG_SETS]:
         key = hashlib.sha256("\n".join([*depends, " ".join(flags)]).encode()).hexdigest()[:16]
-        target = cache_dir() / f"{source.stem}_{key}.so"
+        stem = f"{source.stem}_{key}"
         try:
-            if not target.exists():
-                _compile(source, compiler, flags, target)
+            target = _verified(cache_dir(), stem) or _compile(source, compiler, flags, cache_dir(), stem)
             return ctypes.CDLL(str(target))
         except (KernelUnavailable, OSError, subprocess.SubprocessError) as err:
             errors.append(str(err))
     raise KernelUnavailable(errors[0])
 
 
-def unavailable_reason(load: Callable[[], ctypes.CDLL]) -> str | None:
-    """None when `load` gives its library, else why it cannot (the KernelUnavailable message)."""
-    try:
-        load()
-    except KernelUnavailable as err:
-        return str(err)
-    return None
+class NativeLibrary:
+    """A kernel source's library, built or loaded once per process: success, or the reason for failure, is
+    kept (a failed build is not retried on every call; `forget()` starts over)."""
+
+    def __init__(
+        self, source: Path, openmp: bool = False, declare: Callable[[ctypes.CDLL], None] | None = None
+    ) -> None:
+        self.source, self.openmp, self.declare = source, openmp, declare
+        self._lock = threading.Lock()
+        self._outcome: ctypes.CDLL | KernelUnavailable | None = None
+
+    def load(self) -> ctypes.CDLL:
+        """The library; raises KernelUnavailable (the same one on every call) when it cannot be had here."""
+        with self._lock:
+            if self._outcome is None:
+                try:
+                    lib = build_and_load(self.source, self.openmp)
+                    if self.declare is not None:
+                        self.declare(lib)
+                    self._outcome = lib
+                except KernelUnavailable as err:
+                    self._outcome = err
+                except (AttributeError, OSError) as err:  # loaded, but not the library the caller declared
+                    self._outcome = KernelUnavailable(f"{self.source.name}: built library unusable ({err})")
+            if isinstance(self._outcome, KernelUnavailable):
+                raise self._outcome
+            return self._outcome
+
+    def unavailable_reason(self) -> str | None:
+        """None when the library loads here, else why it does not."""
+        try:
+            self.load()
+        except KernelUnavailable as err:
+            return str(err)
+        return None
+
+    def forget(self) -> None:
+        """Drop the kept outcome: the next `load` builds or loads again (after the cache or compiler changed)."""
+        with self._lock:
+            self._outcome = None

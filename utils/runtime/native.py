@@ -10,7 +10,6 @@ not float32 on a CPU); `make_runner("auto")` then falls back to `fast`.
 from __future__ import annotations
 
 import ctypes
-import functools
 import threading
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models import LKDN
-from utils.native.build import KernelUnavailable, build_and_load, unavailable_reason
+from utils.native.build import KernelUnavailable, NativeLibrary
 from utils.runtime.fast import FastLKDN
 
 SOURCE = Path(__file__).with_name("kernels") / "lkdn_cpu.cpp"
@@ -28,14 +27,6 @@ LANES = 16  # the kernel's vector width in floats; padded widths are multiples o
 
 def _round_up(n: int) -> int:
     return -(-n // LANES) * LANES
-
-
-@functools.cache
-def load_kernel() -> ctypes.CDLL:
-    """The compiled kernel, built on first use; raises KernelUnavailable with the reason."""
-    lib = build_and_load(SOURCE)
-    _declare(lib)
-    return lib
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -52,9 +43,17 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_tail.argtypes = [ptr, i32, ptr, ptr, i32, i32, i32, i32, ptr, i32]
 
 
+KERNEL = NativeLibrary(SOURCE, declare=_declare)
+
+
+def load_kernel() -> ctypes.CDLL:
+    """The compiled kernel, built on first use; raises KernelUnavailable with the reason."""
+    return KERNEL.load()
+
+
 def native_available() -> str | None:
-    """None when the native kernel runs here, else the reason it does not."""
-    return unavailable_reason(load_kernel)
+    """None when the native kernel runs here, else the reason it does not (kept for the process)."""
+    return KERNEL.unavailable_reason()
 
 
 def _matmul_weights(weight: Tensor, bias: Tensor | None, width: int) -> list[Tensor]:
