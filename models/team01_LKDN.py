@@ -321,13 +321,29 @@ class LKDN(nn.Module):
         return [getattr(self, f"B{i}") for i in range(1, self.num_blocks + 1)]
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.fea_conv(x.repeat(1, 4, 1, 1))
+        return self.reconstruct(self.fea_conv(x.repeat(1, 4, 1, 1)))
+
+    def reconstruct(self, features: Tensor) -> Tensor:
+        """Everything after the shallow features: the blocks, c1 over all their outputs, c2, the long
+        residual and the upsampler."""
         outputs, h = [], features
         for block in self.blocks:
             h = block(h)
             outputs.append(h)
         trunk = self.c2(self.act(self.c1(torch.cat(outputs, dim=1))))
         return self.upsampler(trunk + features)
+
+    @torch.no_grad()
+    def folded_first_conv(self) -> nn.Conv2d:
+        """fea_conv applied to the input repeated 4x, as one 3x3 conv of the input: the repetition folds into
+        the bias-free pointwise weights, and those into the depthwise taps (a zero-padded pointwise output is
+        the pointwise conv of a zero-padded input)."""
+        c, in_ch = self.num_feat, self.in_ch
+        pointwise = self.fea_conv.pw.weight[:, :, 0, 0].reshape(c, 4, in_ch).sum(1)
+        conv = nn.Conv2d(in_ch, c, 3, padding=1).to(self.fea_conv.dw.weight)
+        conv.weight.copy_(self.fea_conv.dw.weight * pointwise[:, :, None, None])
+        conv.bias.copy_(self.fea_conv.dw.bias)
+        return conv
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this network (fused or not)."""

@@ -15,8 +15,8 @@ import torch
 from models import LKDN, lkdn_s
 from utils.errors import UserError
 from utils.files.checkpoint import build_model_from_checkpoint
-from utils.runtime import export_onnx as export_cli
 from utils.runtime import onnx_export
+from utils.runtime import onnx_export as export_cli
 from utils.runtime.backends import make_runner
 from utils.runtime.onnx_export import OnnxVerificationError, build_onnx, export_onnx, save_onnx, verify_onnx
 
@@ -116,7 +116,7 @@ def test_cli_exports_the_authors_checkpoint(reference_dir, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "utils.runtime.export_onnx",
+        "utils.runtime.onnx_export",
         "--model_path",
         str(reference_dir / "LKDN-S_del_rep_x4.pth"),
     ]
@@ -133,7 +133,7 @@ def test_cli_exports_the_authors_checkpoint(reference_dir, tmp_path):
 
 
 def test_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
-    cmd = [sys.executable, "-m", "utils.runtime.export_onnx", "--model_path", str(tmp_path / "missing.pth")]
+    cmd = [sys.executable, "-m", "utils.runtime.onnx_export", "--model_path", str(tmp_path / "missing.pth")]
     done = subprocess.run([*cmd, "-o", str(tmp_path / "m.onnx")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1

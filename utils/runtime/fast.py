@@ -171,13 +171,10 @@ class FastLKDN(nn.Module):
             raise ValueError("FastLKDN needs a fused LKDN with LKA attention and plain BSConv shallow blocks")
         self.scale = model.scale
         self.cpu_fusions = CPU_FUSIONS if cpu_fusions is None else cpu_fusions and CPU_FUSIONS
-        c = model.num_feat
         with torch.no_grad():
-            pointwise = model.fea_conv.pw.weight[:, :, 0, 0]
-            pointwise = pointwise.view(c, 4, -1).sum(1)  # x.repeat(1, 4, 1, 1): the 4 weight groups add up
-            fea = model.fea_conv.dw.weight * pointwise[:, :, None, None]  # dw after a bias-free pw: one conv
-            self.register_buffer("fea_w", fea.contiguous(memory_format=torch.channels_last))
-            self.register_buffer("fea_b", _copy(model.fea_conv.dw.bias))
+            first = model.folded_first_conv()  # the 4x repetition and fea_conv as one 3x3 conv
+            self.register_buffer("fea_w", first.weight.contiguous(memory_format=torch.channels_last))
+            self.register_buffer("fea_b", first.bias)
             self.blocks = nn.ModuleList(_FastBlock(block) for block in model.blocks)
             c1 = _pointwise(model.c1)
             self.register_buffer("c1_w", c1)
