@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import fuse_model, lkdn, lkdn_s
+from models import BUNDLED_CHECKPOINT, fuse_model, lkdn, lkdn_s
 from utils.errors import UserError
+from utils.files import convert
 from utils.files.atomic_write import save_atomic
-from utils.files.checkpoint import build_model_from_checkpoint, load_checkpoint, read_state_dict
+from utils.files.checkpoint import build_model_from_checkpoint, load_checkpoint, read_state_dict, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,60 @@ def test_authors_checkpoints_load_strictly(reference_dir):
     load_checkpoint(reference_dir / "LKDN-S_del_rep_x4.pth", lkdn_s(fused=True))
     for scale in (2, 3, 4):
         load_checkpoint(reference_dir / f"LKDN_x{scale}.pth", lkdn(scale=scale, fused=True))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["training-form", "fused"])
+def test_safetensors_round_trip_is_strict_and_exact(tmp_path, trained_state, fused):
+    model = lkdn_s()
+    model.load_state_dict(trained_state)
+    model = fuse_model(model) if fused else model
+    path = save_weights(model.state_dict(), tmp_path / "weights.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]  # no temporary file left
+    back = build_model_from_checkpoint(path, fused=fused)
+    assert back.fused == fused and _same_weights(back, model.state_dict())
+    assert read_state_dict(path).keys() == model.state_dict().keys()
+
+
+def test_the_bundled_weights_are_the_same_in_both_formats():
+    pth, tensors = (
+        read_state_dict(BUNDLED_CHECKPOINT),
+        read_state_dict(BUNDLED_CHECKPOINT.with_suffix(".safetensors")),
+    )
+    assert pth.keys() == tensors.keys()
+    assert all(torch.equal(pth[k], tensors[k]) for k in pth)
+
+
+def test_convert_fuses_a_training_checkpoint_into_safetensors(tmp_path, trained_state):
+    source = tmp_path / "train.pth"
+    torch.save({"params_ema": trained_state}, source)
+    assert (
+        convert.main(["--model_path", str(source), "-o", str(tmp_path / "fused.safetensors"), "--fused"]) == 0
+    )
+    model = lkdn_s()
+    model.load_state_dict(trained_state)
+    expected = fuse_model(model).state_dict()
+    assert _same_weights(build_model_from_checkpoint(tmp_path / "fused.safetensors"), expected)
+    with pytest.raises(UserError, match="should end in .safetensors or .pth"):
+        convert.main(["--model_path", str(source), "-o", str(tmp_path / "weights.bin")])
+
+
+def test_a_corrupt_safetensors_file_is_one_clear_error(tmp_path, trained_state):
+    path = save_weights(trained_state, tmp_path / "w.safetensors")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match="w.safetensors: not a readable safetensors file"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, trained_state, bad, suffix):
+    state = {k: v.clone() for k, v in trained_state.items()}
+    state["B3.c5.weight"][0, 0, 0, 0] = bad
+    path = save_weights(state, tmp_path / f"w{suffix}")
+    with pytest.raises(UserError, match="tensor 'B3.c5.weight' holds NaN or Inf"):
+        build_model_from_checkpoint(path)
+
+
+def test_a_folder_as_checkpoint_says_so(tmp_path):
+    with pytest.raises(UserError, match="is a folder; pass the checkpoint file in it"):
+        read_state_dict(tmp_path)

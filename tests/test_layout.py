@@ -122,6 +122,7 @@ def test_a_new_team_number_needs_only_the_constant_and_two_file_names(tmp_path):
     init.write_text(init.read_text().replace(f"TEAM_NUMBER = {models.TEAM_NUMBER}\n", "TEAM_NUMBER = 42\n"))
     (copy / "models" / f"{models.MODEL_NAME}.py").rename(copy / "models" / "team42_LKDN.py")
     (copy / "model_zoo" / f"{models.MODEL_NAME}.pth").rename(copy / "model_zoo" / "team42_LKDN.pth")
+    (copy / "model_zoo" / f"{models.MODEL_NAME}.safetensors").unlink()  # the same weights, another format
     code = (
         # an editable install of the original checkout serves its modules after the copy's: not here
         "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"

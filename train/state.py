@@ -5,7 +5,7 @@ Layout of a run folder (BasicSR's conventions, which users know):
     train.log                      the plain-text log
     models/net_<iter>.pth          {'params', 'params_ema'}: the authors' checkpoint format
     models/best.pth, last.pth      the best (validation PSNR of the EMA weights) and the last weights
-    models/fused.pth               the fused inference form of the EMA weights (a plain state dict)
+    models/fused.pth, .safetensors the fused inference form of the EMA weights (a plain state dict)
     training_states/<iter>.state   optimizer, scheduler, EMA-free training state, RNG states, config
 Every file is written to a temporary name and renamed, so a kill leaves either the old file or the new one.
 A state is only ever written after the weights of the same iteration, so the newest state always has weights.
@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models import LKDN, fuse_model
 from utils.errors import UserError
 from utils.files.atomic_write import save_atomic
+from utils.files.checkpoint import save_weights
 
 _ITER_FILE = re.compile(r"^(?:net_)?(\d+)\.(?:pth|state)$")
 
@@ -92,3 +94,10 @@ def _load(path: Path) -> dict:
         raise UserError(
             f"{path}: unreadable training state or checkpoint; delete it to resume from the one before"
         ) from None
+
+
+def export_fused(model: LKDN, run_dir: Path) -> list[Path]:
+    """The fused inference form of `model` as the plain state dicts model_zoo/ and test_demo.py use:
+    models/fused.pth and models/fused.safetensors."""
+    state = fuse_model(model).state_dict()
+    return [save_weights(state, run_dir / "models" / f"fused{suffix}") for suffix in (".pth", ".safetensors")]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from train import state as run_state
 from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config
 from train.state import latest_resumable
 from train.trainer import Trainer, build_model
 from utils.errors import UserError, run_cli
-from utils.files.atomic_write import save_atomic
 from utils.files.checkpoint import load_checkpoint
 
 
@@ -44,16 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def export_fused(config: TrainConfig, which: str) -> Path:
-    """The fused inference form of a run's EMA weights, as the plain state dict model_zoo/ and test_demo use."""
-    from models import fuse_model
-
+def export_fused(config: TrainConfig, which: str) -> list[Path]:
+    """The fused inference form of a run's last or best EMA weights (train.state.export_fused)."""
     run_dir = config.resolved_run_dir
     source = run_dir / "models" / f"{which}.pth"
-    model = load_checkpoint(source, build_model(config))
-    path = save_atomic(fuse_model(model).state_dict(), run_dir / "models" / "fused.pth")
-    print(f"wrote {path} (fused form of {source})")
-    return path
+    if not source.is_file():
+        raise UserError(
+            f"{source}: the run has no {which} weights yet; train it first, or export the other "
+            f"(--export_fused {'best' if which == 'last' else 'last'}), or pass its --run_dir"
+        )
+    paths = run_state.export_fused(load_checkpoint(source, build_model(config)), run_dir)
+    print(f"wrote {' and '.join(map(str, paths))} (fused form of {source})")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:

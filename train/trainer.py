@@ -223,10 +223,10 @@ class Trainer:
         run_state.save_iteration(self.run_dir, iteration, self._weights(), state, self.config.keep_last)
         log.info("saved iteration %d", iteration)
 
-    def export_fused(self) -> Path:
-        path = save_atomic(fuse_model(self.ema.model).state_dict(), self.run_dir / "models" / "fused.pth")
-        log.info("exported the fused EMA weights to %s", path)
-        return path
+    def export_fused(self) -> list[Path]:
+        paths = run_state.export_fused(self.ema.model, self.run_dir)
+        log.info("exported the fused EMA weights to %s", " and ".join(map(str, paths)))
+        return paths
 
     def _data(self) -> DataLoader:
         config = self.config

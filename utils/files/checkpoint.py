@@ -1,21 +1,25 @@
 """The one checkpoint loader: every entry point reads weights through `load_checkpoint`.
 
 Accepts a plain state dict, a BasicSR-style dict (`params_ema` preferred over `params`) and the `module.`
-prefix that distributed training leaves; fuses a training-form checkpoint into a fused model; reads with
-`weights_only=True` (a .pth is untrusted input); and turns every mismatch into one `UserError` that names the
-checkpoint, the first offending key and the configuration that would fit.
+prefix that distributed training leaves, in a `.pth` (read with `weights_only=True`: a .pth is untrusted
+input) or a `.safetensors` file (no pickle at all: what ComfyUI, chaiNNer and the Hugging Face tools read);
+fuses a training-form checkpoint into a fused model; and turns every mismatch into one `UserError` that names
+the checkpoint, the first offending key and the configuration that would fit. `save_weights` writes either
+format, atomically.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import Tensor
 
 import models
 from models import LKDN, config_from_state_dict, fuse_model
 from utils.errors import UserError
+from utils.files.atomic_write import save_atomic, write_bytes_atomic
 
 PREFERRED_KEYS = ("params_ema", "params", "state_dict", "model")
 NAMED_CONFIGS = {(42, 5): "LKDN-S", (56, 8): "LKDN"}
@@ -24,15 +28,25 @@ NAMED_CONFIGS = {(42, 5): "LKDN-S", (56, 8): "LKDN"}
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The network weights stored in `path`, whatever the wrapping; raises UserError if it is no checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; pass the checkpoint file in it (.pth or .safetensors)")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass the path of a .pth file (--model_path)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # the unpickler of an untrusted file can fail in many ways; all mean "unreadable"
-        raise UserError(
-            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not a .pth file); "
-            "download or export it again"
-        ) from None
+    if path.suffix == ".safetensors":
+        try:
+            obj = safetensors.torch.load_file(path)
+        except Exception:  # SafetensorError, or an OSError of a file that vanished: both mean "unreadable"
+            raise UserError(
+                f"{path}: not a readable safetensors file (truncated or corrupt); download or export it again"
+            ) from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # the unpickler of an untrusted file can fail in many ways; all mean "unreadable"
+            raise UserError(
+                f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not a .pth file); "
+                "download or export it again"
+            ) from None
     if isinstance(obj, dict):
         for key in PREFERRED_KEYS:
             if isinstance(obj.get(key), dict):
@@ -40,7 +54,22 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{path}: holds no state dict of tensors; pass an LKDN checkpoint (.pth)")
+    for key, value in obj.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(
+                f"{path}: tensor {key!r} holds NaN or Inf values: these weights would give a black or "
+                "garbage image; use a checkpoint saved before training diverged"
+            )
     return {key.removeprefix("module."): value for key, value in obj.items()}
+
+
+def save_weights(state: dict[str, Tensor], path: str | Path) -> Path:
+    """Write a plain state dict atomically: `.safetensors` by its suffix, else a `.pth` (torch.save)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+        return write_bytes_atomic(path, safetensors.torch.save(tensors))
+    return save_atomic(state, path)
 
 
 def config_name(num_feat: int, num_blocks: int) -> str:
