@@ -457,16 +457,7 @@ def _setup_log(log_path: Path) -> None:
     log.addHandler(file_handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = _device(args.device)
-    selected = select_model(args, device)
-    if args.benchmark_dir is not None:
-        datasets = select_benchmark(args.benchmark_dir)
-    else:
-        modes = ["valid"] + (["hybrid_test"] if args.hybrid_test else ["test"] if args.include_test else [])
-        datasets = {mode: select_dataset(args.data_dir, mode, args.allow_partial) for mode in modes}
-    _setup_log(args.save_dir / f"{selected.name}.log")
+def _log_setup(selected: Selected, args: argparse.Namespace, device: torch.device) -> None:
     log.info(
         f"model {selected.name} ({args.model_id}), checkpoint {selected.checkpoint or 'none'}, device {device}, "
         f"backend {selected.runner.name}, tile {args.tile or 'off'}"
@@ -480,48 +471,47 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         log.info(f"note: {CPU_TIME_NOTE}")
 
-    results_path = args.save_dir / "results.json"
-    results = _read_results(results_path)
-    entry = results.get(selected.name, {})
-    info = {
-        "device": str(device),
-        "backend": selected.runner.name,
-        "memory_measure": PeakMemory(device).label,
-        "checkpoint": str(selected.checkpoint) if selected.checkpoint else None,
-        "tile": args.tile,
-    }
-    if args.benchmark_dir is not None:
-        benchmark = {}
-        for name, pairs in datasets.items():
-            r = run(selected, pairs, name, device, args, args.save_dir, y_channel=True)
-            benchmark[name] = {
-                "num_images": len(pairs),
-                "psnr_y": r[f"{name}_ave_psnr"],
-                "ssim_y": r[f"{name}_ave_ssim"],
-                "ave_runtime": r[f"{name}_ave_runtime"],
-                "psnr_y_per_image": r[f"{name}_psnr"],
-                "ssim_y_per_image": r[f"{name}_ssim"],
-            }
-        entry["benchmark"] = benchmark
-        entry["benchmark_info"] = {**info, "benchmark_dir": str(args.benchmark_dir), "border": BORDER}
-    else:
-        kept = (
-            {"benchmark": entry["benchmark"], "benchmark_info": entry["benchmark_info"]}
-            if "benchmark" in entry
-            else {}
-        )
-        entry = {**kept, **info}
-        for mode, pairs in datasets.items():
-            entry.update(run(selected, pairs, mode, device, args, args.save_dir))
-            if len(pairs) < len(_expected_pairs(args.data_dir, mode)):
-                log.info(
-                    f"warning: {mode} ran on {len(pairs)} of {len(_expected_pairs(args.data_dir, mode))} "
-                    "images (--allow_partial): not comparable with the challenge table"
-                )
-    entry.update(complexity(selected))
-    results[selected.name] = entry
-    write_text_atomic(results_path, json.dumps(results, indent=2))
 
+def run_benchmark(
+    selected: Selected, datasets: dict, device: torch.device, args: argparse.Namespace, info: dict
+) -> dict:
+    """Benchmark mode: PSNR/SSIM on the Y channel per dataset; the entry's `benchmark` part."""
+    benchmark = {}
+    for name, pairs in datasets.items():
+        r = run(selected, pairs, name, device, args, args.save_dir, y_channel=True)
+        benchmark[name] = {
+            "num_images": len(pairs),
+            "psnr_y": r[f"{name}_ave_psnr"],
+            "ssim_y": r[f"{name}_ave_ssim"],
+            "ave_runtime": r[f"{name}_ave_runtime"],
+            "psnr_y_per_image": r[f"{name}_psnr"],
+            "ssim_y_per_image": r[f"{name}_ssim"],
+        }
+    return {
+        "benchmark": benchmark,
+        "benchmark_info": {**info, "benchmark_dir": str(args.benchmark_dir), "border": BORDER},
+    }
+
+
+def run_challenge(
+    selected: Selected, datasets: dict, device: torch.device, args: argparse.Namespace, info: dict
+) -> dict:
+    """Challenge mode: the kit's RGB PSNR and runtime per split; the entry's challenge part."""
+    entry = dict(info)
+    for mode, pairs in datasets.items():
+        entry.update(run(selected, pairs, mode, device, args, args.save_dir))
+        expected = len(_expected_pairs(args.data_dir, mode))
+        if len(pairs) < expected:
+            log.info(
+                f"warning: {mode} ran on {len(pairs)} of {expected} images (--allow_partial): "
+                "not comparable with the challenge table"
+            )
+    return entry
+
+
+def _report(selected: Selected, results: dict, args: argparse.Namespace, device: torch.device) -> None:
+    """The closing log: complexity, memory, and the benchmark table or the challenge table (results.txt)."""
+    entry = results[selected.name]
     log.info("")
     log_complexity(entry)
     log.info(f"{'Memory':>16s} : {PeakMemory(device).label}")
@@ -537,7 +527,40 @@ def main(argv: list[str] | None = None) -> int:
         log.info("\n" + table.rstrip())
     if device.type == "cpu":
         log.info(f"note: {CPU_TIME_NOTE}")
-    log.info(f"results: {results_path}, SR images: {args.save_dir / selected.name}")
+    log.info(f"results: {args.save_dir / 'results.json'}, SR images: {args.save_dir / selected.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = _device(args.device)
+    selected = select_model(args, device)
+    if args.benchmark_dir is not None:
+        datasets = select_benchmark(args.benchmark_dir)
+    else:
+        modes = ["valid"] + (["hybrid_test"] if args.hybrid_test else ["test"] if args.include_test else [])
+        datasets = {mode: select_dataset(args.data_dir, mode, args.allow_partial) for mode in modes}
+    _setup_log(args.save_dir / f"{selected.name}.log")
+    _log_setup(selected, args, device)
+
+    results_path = args.save_dir / "results.json"
+    results = _read_results(results_path)
+    entry = results.get(selected.name, {})
+    info = {
+        "device": str(device),
+        "backend": selected.runner.name,
+        "memory_measure": PeakMemory(device).label,
+        "checkpoint": str(selected.checkpoint) if selected.checkpoint else None,
+        "tile": args.tile,
+    }
+    if args.benchmark_dir is not None:
+        entry.update(run_benchmark(selected, datasets, device, args, info))
+    else:  # a challenge run replaces the entry's challenge part and keeps its benchmark part
+        kept = {key: entry[key] for key in ("benchmark", "benchmark_info") if key in entry}
+        entry = {**kept, **run_challenge(selected, datasets, device, args, info)}
+    entry.update(complexity(selected))
+    results[selected.name] = entry
+    write_text_atomic(results_path, json.dumps(results, indent=2))
+    _report(selected, results, args, device)
     return 0
 
 
