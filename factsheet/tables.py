@@ -1,18 +1,19 @@
 """The factsheet's generated LaTeX: Table 1 (benchmarks), Table 2 (challenge figures), the training table, the team.
 
-Every cell is read from an input the manifest names, and every table ends with notes saying which file and which
-command each figure came from. A figure the inputs lack raises `MissingFigure`, unless the manifest declares it
-not measurable here; then the cell says "not measured" and a note gives the reason.
+Every cell is read through factsheet/inputs.py from an input the manifest names, and every table ends with notes
+saying which file and which command each figure came from. A figure the inputs lack raises `MissingFigure`,
+unless the manifest declares it not measurable here; then the cell says "not measured" and a note gives the
+reason.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from factsheet.inputs import figure, load_entry, need
 from factsheet.manifest import Manifest, Row
-from factsheet.measure import read_provenance, stale_reason
+from factsheet.measure import read_provenance
 from factsheet.tex import code, escape, number, scientific
 from factsheet.training_log import RunSummary, read_yaml, summarize_run
 from utils.errors import UserError
@@ -29,10 +30,6 @@ CHALLENGE_COLUMNS = (  # (results.json field, header, format)
     ("num_conv", "Conv", "d"),
 )
 DEVICE_DEPENDENT = {"valid_ave_runtime", "valid_memory"}
-
-
-class MissingFigure(UserError):
-    """A figure the factsheet needs is not in its input: measure it, or declare why it cannot be."""
 
 
 class Notes:
@@ -59,53 +56,6 @@ class Generated:
 
     files: dict[str, str] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------------- inputs
-
-
-def load_entry(row: Row, manifest: Manifest) -> dict:
-    """The row's entry of its results.json; stops when it is missing or older than the row's checkpoint."""
-    reason = stale_reason(row, manifest)
-    if reason is not None:
-        missing_checkpoint = row.checkpoint is not None and not row.checkpoint.is_file()
-        then = (
-            f"{manifest.rel(row.checkpoint)} does not exist yet: put the checkpoint there, then run "
-            if missing_checkpoint
-            else "measure it with "
-        )
-        raise MissingFigure(
-            f"{reason} (row {row.id!r}, {row.label}); {then}`{row.refresh_command}` (it runs `{row.command}`)"
-        )
-    try:
-        results = json.loads(row.results_path.read_text())
-    except ValueError:
-        raise UserError(
-            f"{manifest.rel(row.results_path)}: not valid JSON; re-measure with `{row.refresh_command}`"
-        ) from None
-    if not isinstance(results, dict) or not isinstance(results.get(row.entry), dict):
-        raise MissingFigure(
-            f"{manifest.rel(row.results_path)}: no entry {row.entry!r}; re-measure with `{row.refresh_command}`"
-        )
-    return results[row.entry]
-
-
-def figure(entry: dict, keys: tuple[str, ...], row: Row, manifest: Manifest) -> float:
-    """entry[k1][k2]...; MissingFigure naming the field and the command that measures it otherwise."""
-    value: object = entry
-    for key in keys:
-        if not isinstance(value, dict) or key not in value or value[key] is None:
-            raise MissingFigure(
-                f"{manifest.rel(row.results_path)}: no {'.'.join(keys)} for {row.label}; measure it with "
-                f"`{row.refresh_command}` (it runs `{row.command}`)"
-            )
-        value = value[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MissingFigure(
-            f"{manifest.rel(row.results_path)}: {'.'.join(keys)} is {value!r}, not a number; "
-            f"re-measure with `{row.refresh_command}`"
-        )
-    return float(value)
 
 
 def source_note(row: Row, manifest: Manifest, entry: dict) -> str:
@@ -268,47 +218,41 @@ def challenge_table(manifest: Manifest, out: Generated) -> str:
 # ------------------------------------------------------------------------------------------------- training
 
 
-def _need(config: dict, key: str, path: Path) -> object:
-    if key not in config:
-        raise MissingFigure(f"{path}: no `{key}`; the training configs of train/config.py all have it")
-    return config[key]
-
-
 def _schedule(config: dict, path: Path) -> str:
-    lr = float(_need(config, "lr", path))
-    kind = _need(config, "scheduler", path)
+    lr = float(need(config, "lr", path))
+    kind = need(config, "scheduler", path)
     if kind == "cosine":
-        return f"{scientific(lr)} $\\to$ {scientific(float(_need(config, 'min_lr', path)))}, cosine"
+        return f"{scientific(lr)} $\\to$ {scientific(float(need(config, 'min_lr', path)))}, cosine"
     if kind == "multistep":
-        steps = ", ".join(f"{int(m):,}" for m in _need(config, "milestones", path))
-        return f"{scientific(lr)}, $\\times${float(_need(config, 'gamma', path)):g} at {steps}"
+        steps = ", ".join(f"{int(m):,}" for m in need(config, "milestones", path))
+        return f"{scientific(lr)}, $\\times${float(need(config, 'gamma', path)):g} at {steps}"
     return f"{scientific(lr)}, constant"
 
 
 def _optimizer(config: dict, path: Path) -> str:
-    betas = ", ".join(f"{float(b):g}" for b in _need(config, "betas", path))
-    text = f"{escape(str(_need(config, 'optimizer', path)).capitalize())} ($\\beta$ = {betas}"
-    text += f", $\\epsilon$ = {scientific(float(_need(config, 'eps', path)))}"
-    decay = float(_need(config, "weight_decay", path))
+    betas = ", ".join(f"{float(b):g}" for b in need(config, "betas", path))
+    text = f"{escape(str(need(config, 'optimizer', path)).capitalize())} ($\\beta$ = {betas}"
+    text += f", $\\epsilon$ = {scientific(float(need(config, 'eps', path)))}"
+    decay = float(need(config, "weight_decay", path))
     return text + (f", weight decay {scientific(decay)})" if decay else ")")
 
 
 def config_cells(config: dict, path: Path) -> dict[str, str]:
     """The training table's rows for one config (a recipe stage or a run)."""
-    scale, patch = int(_need(config, "scale", path)), int(_need(config, "lr_patch", path))
-    init = str(_need(config, "init_from", path))
+    scale, patch = int(need(config, "scale", path)), int(need(config, "lr_patch", path))
+    init = str(need(config, "init_from", path))
     return {
-        "Training data": ", ".join(code(s) for s in _need(config, "train_sources", path)),
+        "Training data": ", ".join(code(s) for s in need(config, "train_sources", path)),
         "HR / LR patch": f"{patch * scale} / {patch}",
-        "Batch size": number(int(_need(config, "batch_size", path)), ","),
-        "Augmentation": "flips, 90$^\\circ$ rotations" if _need(config, "augment", path) else "none",
-        "Loss": escape(str(_need(config, "loss", path)).upper()),
+        "Batch size": number(int(need(config, "batch_size", path)), ","),
+        "Augmentation": "flips, 90$^\\circ$ rotations" if need(config, "augment", path) else "none",
+        "Loss": escape(str(need(config, "loss", path)).upper()),
         "Optimizer": _optimizer(config, path),
         "Learning rate": _schedule(config, path),
-        "Iterations": number(int(_need(config, "total_iters", path)), ","),
-        "EMA decay": f"{float(_need(config, 'ema_decay', path)):g}",
-        "Precision": escape(str(_need(config, "precision", path))),
-        "Online fusion": "yes" if _need(config, "online_fusion", path) else "no",
+        "Iterations": number(int(need(config, "total_iters", path)), ","),
+        "EMA decay": f"{float(need(config, 'ema_decay', path)):g}",
+        "Precision": escape(str(need(config, "precision", path))),
+        "Online fusion": "yes" if need(config, "online_fusion", path) else "no",
         "Initialised from": code(init) if init else "scratch",
     }
 
@@ -317,10 +261,10 @@ def run_cells(run: RunSummary, out: Generated) -> dict[str, str]:
     """The config's rows plus what the run's log says it did."""
     config, path = run.config, run.config_path
     cells = config_cells(config, path)
-    total = int(_need(config, "total_iters", path))
+    total = int(need(config, "total_iters", path))
     reached = number(run.last_iteration, ",")
     cells["Iterations"] = f"{reached} of {number(total, ',')}"
-    threads = int(_need(config, "threads", path))
+    threads = int(need(config, "threads", path))
     hours = run.wall_hours
     if run.images_used is not None:
         total_images = run.images_used + run.images_skipped

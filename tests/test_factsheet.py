@@ -19,9 +19,10 @@ import yaml
 
 from factsheet import measure
 from factsheet.build import PDF_NAME, ZIP_NAME, build
+from factsheet.inputs import MissingFigure
 from factsheet.manifest import DEFAULT_MANIFEST, FACTSHEET_DIR, load_manifest
 from factsheet.measure import make_timing_data, refresh, sha256
-from factsheet.tables import MissingFigure, generate
+from factsheet.tables import generate
 from models import MODEL_NAME, TEAM_NUMBER
 from train.config import TrainConfig
 
