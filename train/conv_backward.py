@@ -1,13 +1,12 @@
 """Faster CPU backward passes for LKDN's depthwise and 1x1 convs, used while training.
 
-oneDNN's conv gradients on a CPU cost several times the forward conv (one thread, batch 16 of 42 x 64 x 64,
-channels-last; benchmarks/bench_train_ops.py):
+oneDNN's conv gradients on a CPU cost several times the forward conv (`python benchmarks/bench_train_ops.py`
+measures each against what runs here instead):
 
-- the input gradient of a depthwise conv (the 5x5 dilation-3 conv of LKA 15-17 ms against 3-4 ms forward). For a
-  stride-1 conv with "same" padding it *is* a depthwise conv of the output gradient with the kernel flipped in
-  space, so the backward runs that;
-- the weight gradient of the 5x5 and dilated 5x5 depthwise convs (20-25 ms): a C++ kernel takes it (3-4 ms,
-  train/native_conv_grad.py), and the 3x3's too (about as fast as oneDNN's);
+- the input gradient of a depthwise conv: for a stride-1 conv with "same" padding it *is* a depthwise conv of
+  the output gradient with the kernel flipped in space, so the backward runs that;
+- the weight gradient of the 5x5 and dilated 5x5 depthwise convs: a C++ kernel takes it
+  (train/native_conv_grad.py), and the 3x3's too;
 - the three gradients of a 1x1 conv, in separate passes: the C++ kernel computes them in one pass over tiles of
   pixels, and SharedInputLKDB runs each distillation step's two 1x1 convs of one input (the refine branch's
   and the distillation conv) through one such pass.

@@ -1,8 +1,8 @@
 """Gradients of stride-1 depthwise convs and of 1x1 convs on channels-last tensors, by C++ kernels.
 
-oneDNN takes 20-25 ms for the weight gradient of LKA's 5x5 and dilated 5x5 convs on a training batch (16 x 42
-x 64 x 64, one thread; benchmarks/bench_train_ops.py), about ten times the forward conv; and it reads the
-output gradient and the input of a 1x1 conv in separate passes for its three gradients. The kernels
+oneDNN's weight gradient of LKA's 5x5 and dilated 5x5 convs takes several times the forward conv on a training
+batch, and it reads the output gradient and the input of a 1x1 conv in separate passes for its three
+gradients (`python benchmarks/bench_train_ops.py` measures both against these kernels). The kernels
 (train/kernels/conv_grad.cpp) are built on first use by utils/native/build.py, with OpenMP so that they run on
 torch's threads; train/conv_backward.py calls them when they are available and falls back to oneDNN when not.
 """

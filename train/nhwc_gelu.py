@@ -1,9 +1,8 @@
 """GELU on channels-last activations through their NHWC view, used while training on a CPU.
 
-PyTorch's CPU GELU takes up to twice as long on a channels-last NCHW tensor as on the same memory seen as a
-contiguous NHWC tensor (one thread, 16 x 42 x 64 x 64: 2.1 against 1.1 ms forward, 3.4 against 2.1 ms
-backward; benchmarks/bench_train_ops.py). The same function on the same numbers; only the loop differs (the
-two round within float32 tolerance of each other, tested).
+PyTorch's CPU GELU is slower on a channels-last NCHW tensor than on the same memory seen as a contiguous NHWC
+tensor (`python benchmarks/bench_train_ops.py` measures both directions). The same function on the same
+numbers; only the loop differs (the two round within float32 tolerance of each other, tested).
 """
 
 from __future__ import annotations
