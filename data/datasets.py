@@ -5,6 +5,9 @@ Sample k of `PatchDataset` draws its image, crop and dihedral transform from
 after a resume: the trainer's sampler only hands out the global indices it needs (e.g. step * batch + i,
 split across ranks). The length is huge on purpose; never pair the dataset with a shuffling sampler (it would
 build a permutation of 2**62 indices).
+
+An image that fails to decode does not end a run: the sample is redrawn (from `[seed, k, attempt]`, so still a
+pure function of its index) and the item carries the failure's message for the trainer to log and count.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from utils.errors import UserError
 from utils.files.image_io import read_rgb, read_size, to_tensor
 
 VIRTUAL_LENGTH = 2**62
+MAX_REDRAWS = 16  # unreadable images in a row before a sample gives up
 VALIDATION_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -73,17 +77,34 @@ class PatchDataset(Dataset):
                 f"({len(too_small)} such images); prepare pairs with min_size={lr_patch * scale} to skip them"
             )
         self.lr_patch, self.scale, self.seed, self.augment = lr_patch, scale, seed, augment
-        self._images = [load_pair(p, scale) for p in self.pairs] if in_memory else None
+        self.unreadable: dict[int, str] = {}  # image index -> why it could not be read (in memory only)
+        self._images = [self._load_or_note(i) for i in range(len(self.pairs))] if in_memory else None
+
+    def _load_or_note(self, image: int) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            return load_pair(self.pairs[image], self.scale)
+        except UserError as err:
+            self.unreadable[image] = str(err)
+            return None
+
+    def _pair(self, image: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded pair of image `image`; UserError when it cannot be read."""
+        if self._images is None:
+            return load_pair(self.pairs[image], self.scale)
+        if self._images[image] is None:
+            raise UserError(self.unreadable[image])
+        return self._images[image]
 
     def __len__(self) -> int:
         return VIRTUAL_LENGTH
 
-    def draw(self, k: int) -> tuple[int, int, int, int]:
-        """(image index, LR top, LR left, dihedral transform) of sample k.
+    def draw(self, k: int, attempt: int = 0) -> tuple[int, int, int, int]:
+        """(image index, LR top, LR left, dihedral transform) of sample k (redrawn after `attempt` unreadable
+        images).
 
         The transform is drawn even when not augmenting, so crops are the same with and without augmentation.
         """
-        rng = np.random.default_rng([self.seed, k])
+        rng = np.random.default_rng([self.seed, k] if attempt == 0 else [self.seed, k, attempt])
         image = int(rng.integers(len(self.pairs)))
         lr_h, lr_w = self.pairs[image].lr_size
         top = int(rng.integers(lr_h - self.lr_patch + 1))
@@ -91,21 +112,26 @@ class PatchDataset(Dataset):
         transform = int(rng.integers(8))
         return image, top, left, transform
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(LR patch, HR patch, the messages of images that could not be read on the way, one per line)."""
         k = int(k)
         if k < 0:
             raise IndexError(f"PatchDataset: index must be non-negative, got {k}")
-        image, top, left, transform = self.draw(k)
-        if self._images is not None:
-            lr, hr = self._images[image]
-        else:
-            lr, hr = load_pair(self.pairs[image], self.scale)
-        p, s = self.lr_patch, self.scale
-        lr = lr[top : top + p, left : left + p]
-        hr = hr[top * s : (top + p) * s, left * s : (left + p) * s]
-        if self.augment:
-            lr, hr = dihedral(lr, transform), dihedral(hr, transform)
-        return to_tensor(lr)[0], to_tensor(hr)[0]
+        failures = []
+        for attempt in range(MAX_REDRAWS):
+            image, top, left, transform = self.draw(k, attempt)
+            try:
+                lr, hr = self._pair(image)
+            except UserError as err:
+                failures.append(str(err))
+                continue
+            p, s = self.lr_patch, self.scale
+            lr = lr[top : top + p, left : left + p]
+            hr = hr[top * s : (top + p) * s, left * s : (left + p) * s]
+            if self.augment:
+                lr, hr = dihedral(lr, transform), dihedral(hr, transform)
+            return to_tensor(lr)[0], to_tensor(hr)[0], "\n".join(failures)
+        raise UserError(f"{MAX_REDRAWS} unreadable training images in a row, e.g. {failures[0]}")
 
 
 def _find_layout(folder: Path, scale: int) -> tuple[Path, Path, str]:

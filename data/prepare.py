@@ -42,6 +42,7 @@ class PairList:
     pairs: list[Pair]
     scale: int
     skipped_small: int = 0
+    unreadable: list[str] = field(default_factory=list)  # one message per image that could not be read
     official: int = 0
     reused: int = 0
     generated: int = 0
@@ -140,35 +141,52 @@ def prepare_pairs(
         )
     cache_dir = Path(cache_dir)
     result = PairList(pairs=[], scale=scale, sources=[Path(s) for s in hr_sources])
+    largest = 0
     for hr in images:
-        crop_h, crop_w = _hr_crop_size(hr, scale)
-        if min(crop_h, crop_w) < max(min_size, scale):
-            result.skipped_small += 1
+        try:
+            pair = _pair(hr, cache_dir, scale, min_size, result)
+        except UserError as err:  # an unreadable image is skipped and reported, not the end of a run
+            result.unreadable.append(str(err))
             continue
-        lr_size = (crop_h // scale, crop_w // scale)
-        lr = official_lr_path(hr, scale)
-        if lr is not None:
-            if read_size(lr) != lr_size:
-                raise UserError(
-                    f"{lr}: size {read_size(lr)} but its HR {hr} needs {lr_size} at x{scale}; "
-                    "replace it or remove it (the LR is then made from the HR)"
-                )
-            result.official += 1
-        else:
-            lr = cache_dir / f"{hr.stem}_{cache_key(hr, scale)}x{scale}.png"
-            if lr.is_file() and read_size(lr) == lr_size:
-                result.reused += 1
-            else:
-                hr_img = read_rgb(hr)[:crop_h, :crop_w]
-                write_rgb(lr, matlab_imresize(hr_img, output_shape=lr_size))
-                result.generated += 1
-        result.pairs.append(Pair(hr=hr, lr=lr, lr_size=lr_size))
-    if not result.pairs:
+        if pair is None:
+            result.skipped_small += 1
+            largest = max(largest, min(_hr_crop_size(hr, scale)))
+            continue
+        result.pairs.append(pair)
+    if not result.pairs and result.skipped_small:
         raise UserError(
-            f"{', '.join(map(str, hr_sources))}: all {len(images)} images are smaller than {min_size} pixels "
-            "on a side; lower the minimum (patch size) or add larger images"
+            f"{', '.join(map(str, hr_sources))}: all {len(images) - len(result.unreadable)} readable images are "
+            f"smaller than {min_size} pixels on a side; the largest allows {largest} (for training: --lr_patch "
+            f"{largest // scale} or less at x{scale}), or add larger images"
         )
+    if not result.pairs:
+        raise UserError(f"no training image is readable; the first: {result.unreadable[0]}")
     return result
+
+
+def _pair(hr: Path, cache_dir: Path, scale: int, min_size: int, result: PairList) -> Pair | None:
+    """`hr` with its LR (official, cached, or made now), or None when it is smaller than `min_size`."""
+    crop_h, crop_w = _hr_crop_size(hr, scale)
+    if min(crop_h, crop_w) < max(min_size, scale):
+        return None
+    lr_size = (crop_h // scale, crop_w // scale)
+    lr = official_lr_path(hr, scale)
+    if lr is not None:
+        if read_size(lr) != lr_size:
+            raise UserError(
+                f"{lr}: size {read_size(lr)} but its HR {hr} needs {lr_size} at x{scale}; "
+                "replace it or remove it (the LR is then made from the HR)"
+            )
+        result.official += 1
+    else:
+        lr = cache_dir / f"{hr.stem}_{cache_key(hr, scale)}x{scale}.png"
+        if lr.is_file() and read_size(lr) == lr_size:
+            result.reused += 1
+        else:
+            hr_img = read_rgb(hr)[:crop_h, :crop_w]
+            write_rgb(lr, matlab_imresize(hr_img, output_shape=lr_size))
+            result.generated += 1
+    return Pair(hr=hr, lr=lr, lr_size=lr_size)
 
 
 def _starts(length: int, crop: int, step: int) -> list[int]:

@@ -14,6 +14,8 @@ MODEL_NAME = f"team{TEAM_NUMBER:02d}_LKDN"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "model_zoo" / f"{MODEL_NAME}.pth"
 
 _network = importlib.import_module(f"{__name__}.{MODEL_NAME}")
+Attention = _network.Attention
+ShallowBlock = _network.ShallowBlock
 ATTENTIONS = _network.ATTENTIONS
 SHALLOW_BLOCKS = _network.SHALLOW_BLOCKS
 LKDN = _network.LKDN
@@ -28,6 +30,8 @@ lkdn = _network.lkdn
 
 __all__ = [
     "ATTENTIONS",
+    "Attention",
+    "ShallowBlock",
     "BUNDLED_CHECKPOINT",
     "LKDB",
     "LKDN",

@@ -44,9 +44,9 @@ INDICES = [0, 1, 2, 17, 1000, 2**40 + 5, VIRTUAL_LENGTH - 1]
 def test_sample_k_is_the_same_in_every_instance(pairs):
     one, two, from_disk = _make(pairs), _make(pairs), _make(pairs, in_memory=False)
     for k in INDICES:
-        lr, hr = one[k]
+        lr, hr, _ = one[k]
         for other in (two, from_disk):
-            lr2, hr2 = other[k]
+            lr2, hr2, _ = other[k]
             torch.testing.assert_close(lr2, lr, rtol=0, atol=0)
             torch.testing.assert_close(hr2, hr, rtol=0, atol=0)
     other_seed = _make(pairs, seed=4)
@@ -58,8 +58,8 @@ def test_sample_k_is_the_same_in_dataloader_workers(pairs):
     dataset = _make(pairs)
     loader = DataLoader(dataset, batch_size=3, sampler=INDICES[1:], num_workers=2)
     batches = list(loader)
-    lr_batches = torch.cat([lr for lr, _ in batches])
-    hr_batches = torch.cat([hr for _, hr in batches])
+    lr_batches = torch.cat([lr for lr, _, _ in batches])
+    hr_batches = torch.cat([hr for _, hr, _ in batches])
     torch.testing.assert_close(lr_batches, torch.stack([dataset[k][0] for k in INDICES[1:]]), rtol=0, atol=0)
     torch.testing.assert_close(hr_batches, torch.stack([dataset[k][1] for k in INDICES[1:]]), rtol=0, atol=0)
 
@@ -67,7 +67,7 @@ def test_sample_k_is_the_same_in_dataloader_workers(pairs):
 def test_patches_are_aligned_and_well_formed(pairs):
     dataset = _make(pairs)
     for k in range(200):
-        lr, hr = dataset[k]
+        lr, hr, _ = dataset[k]
         assert lr.shape == (3, 6, 6) and hr.shape == (3, 24, 24)
         assert lr.dtype == hr.dtype == torch.float32
         assert float(lr.min()) >= 0 and float(lr.max()) <= 1

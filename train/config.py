@@ -1,96 +1,163 @@
-"""Training configuration: one flat dataclass, defaults from a stage's YAML file, every field a CLI flag.
+"""Training configuration: one flat, validated model; defaults from a stage's YAML file, every field a CLI flag.
 
-A plain dataclass instead of BasicSR's nested option trees: a single-model repository needs no registry, and
-`--lr 2e-4` reads better than `--set train.optim_g.lr=2e-4`.
+pydantic v2 does the validation (typed and ranged fields, one message per bad value) instead of hand-written
+coercion: a flat model, not BasicSR's nested option trees, since a single-model repository needs no registry and
+`--lr 2e-4` reads better than `--set train.optim_g.lr=2e-4`. The same rules hold for YAML files and for flags:
+
+- numbers may be written as numbers or as numeric text: PyYAML reads `1e-3` (YAML 1.1) as the string "1e-3";
+- booleans only from real booleans (YAML `true` / `false`); on the command line `true/false`, `yes/no`, `on/off`,
+  `1/0`. A quoted "false" in a YAML file is an error, not a silent True;
+- an unknown key is refused with the closest valid name.
+
+Fields that change what a run computes (`RECIPE_FIELDS`) may not change when a run resumes (train_lkdn.py);
+the others (`FREE_FIELDS`: threads, workers, logging, validation, saving, device) may.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
+import difflib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from models import Attention, ShallowBlock
 from utils.errors import UserError
 from utils.files.yaml_file import read_yaml_mapping
 
 TRAIN_DIR = Path(__file__).resolve().parent
 STAGES = ("scratch", "finetune")
 
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
 
-@dataclass
-class TrainConfig:
+
+class TrainConfig(BaseModel):
     """Every knob of a run. The defaults here are the factsheet's stage 1; the YAML files restate them."""
 
-    name: str = "LKDN-S_x4_scratch"
-    stage: str = "scratch"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: Annotated[str, Field(min_length=1)] = "LKDN-S_x4_scratch"
+    stage: Literal["scratch", "finetune"] = "scratch"
     run_dir: str = ""  # default: experiments/<name>
     # network
-    num_feat: int = 42
-    num_blocks: int = 5
-    scale: int = 4
-    attention: str = "lka"
-    shallow: str = "rbsb"
-    online_fusion: bool = True
-    channels_last: bool = True  # NHWC activations: faster depthwise convs on CPUs and tensor cores on GPUs
+    num_feat: Positive = 42
+    num_blocks: Positive = 5
+    scale: Annotated[int, Field(ge=2, le=4)] = 4
+    attention: Attention = "lka"
+    shallow: ShallowBlock = "rbsb"
+    online_fusion: StrictBool = True
+    channels_last: StrictBool = (
+        True  # NHWC activations: faster depthwise convs on CPUs and tensor cores on GPUs
+    )
     init_from: str = ""  # weights to start from (params_ema preferred); stage 2 starts from stage 1's
     # data
-    train_sources: list[str] = field(
-        default_factory=lambda: ["data/DIV2K_train_HR", "data/LSDIR_first2000.txt"]
-    )
+    train_sources: Annotated[list[str], Field(min_length=1)] = [
+        "data/DIV2K_train_HR",
+        "data/LSDIR_first2000.txt",
+    ]
     cache_dir: str = "data/cache"
-    lr_patch: int = 64
-    batch_size: int = 128
-    augment: bool = True
-    in_memory: bool = False
-    num_workers: int = 4
+    lr_patch: Positive = 64
+    batch_size: Positive = 128
+    augment: StrictBool = True
+    in_memory: StrictBool = False
+    num_workers: NonNegative = 4
+    max_bad_images: Annotated[float, Field(ge=0, lt=1)] = (
+        0.01  # unreadable training images tolerated (fraction)
+    )
     # optimisation
-    loss: str = "l1"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    scheduler: str = "constant"  # constant | cosine | multistep
-    warmup_iters: int = 0
-    min_lr: float = 1e-7  # cosine floor
-    milestones: list[int] = field(default_factory=list)  # multistep
-    gamma: float = 0.5  # multistep
-    total_iters: int = 950_000
-    ema_decay: float = 0.999
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + grad scaler, GPU)
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # CPU threads for torch (0 = torch's default); 1 keeps a shared machine responsive
+    loss: Literal["l1", "l2"] = "l1"
+    optimizer: Literal["adam", "adan"] = "adam"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = [0.9, 0.99]
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    scheduler: Literal["constant", "cosine", "multistep"] = "constant"
+    warmup_iters: NonNegative = 0
+    min_lr: Annotated[float, Field(ge=0)] = 1e-7  # cosine floor
+    milestones: list[Positive] = []  # multistep
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.5  # multistep
+    total_iters: Positive = 950_000
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU or GPU); fp16: + scaler (GPU)
+    seed: NonNegative = 0
+    device: Annotated[str, Field(min_length=1)] = "auto"
+    threads: NonNegative = (
+        0  # CPU threads for torch (0 = torch's default); 1 keeps a shared machine responsive
+    )
     # bookkeeping
-    val_dirs: list[str] = field(default_factory=lambda: ["data/DIV2K_valid"])
-    val_every: int = 5000
-    save_every: int = 5000
-    keep_last: int = 3
-    log_every: int = 100
-    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+    val_dirs: list[str] = ["data"]  # DIV2K layout (data/DIV2K_valid_HR, _LR) or benchmark folders
+    val_every: Positive = 5000
+    save_every: Positive = 5000
+    keep_last: Positive = 3
+    log_every: Positive = 100
+    max_minutes: Annotated[float, Field(ge=0)] = (
+        0.0  # stop (and save) after this much wall time; 0 = no limit
+    )
+
+    @field_validator("milestones")
+    @classmethod
+    def _ascending(cls, milestones: list[int]) -> list[int]:
+        if milestones != sorted(set(milestones)):
+            raise ValueError("milestones must be strictly increasing iterations")
+        return milestones
+
+    @model_validator(mode="after")
+    def _betas_fit_the_optimizer(self) -> TrainConfig:
+        wanted = 3 if self.optimizer == "adan" else 2
+        if len(self.betas) != wanted:
+            raise ValueError(f"betas: {self.optimizer} takes {wanted} betas, not {self.betas}")
+        return self
 
     @property
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or Path("experiments") / self.name)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-def _field_types() -> dict[str, type]:
-    return typing.get_type_hints(TrainConfig)
+FREE_FIELDS = frozenset(
+    {"name", "run_dir", "device", "threads", "num_workers", "in_memory", "cache_dir", "val_dirs", "val_every",
+     "save_every", "keep_last", "log_every", "max_minutes", "max_bad_images"}
+)  # fmt: skip
+RECIPE_FIELDS = frozenset(TrainConfig.model_fields) - FREE_FIELDS
 
 
-def _cli_type(annotation: object) -> tuple[type, str | None]:
-    """(element type, nargs) of a field annotation for argparse."""
-    if typing.get_origin(annotation) is list:
-        return typing.get_args(annotation)[0], "*"
-    if isinstance(annotation, types.UnionType):
-        return typing.get_args(annotation)[0], None
-    return annotation, None
+def _location(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"])
+
+
+def _one_line(error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        key = str(error["loc"][0])
+        close = difflib.get_close_matches(key, TrainConfig.model_fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; the fields are those of train/config.py"
+        return f"unknown field {key!r}{hint}"
+    if not error["loc"]:  # a rule across fields: its message names them
+        return message
+    if error["type"] == "bool_type":
+        message = "must be true or false (YAML true/false, not a quoted string)"
+    return f"{_location(error)}: {message} (got {error['input']!r})"
+
+
+def validated(values: dict, source: Path | str) -> TrainConfig:
+    """A TrainConfig from `values`, or a UserError with one line per bad value, each naming `source`."""
+    try:
+        return TrainConfig.model_validate(values)
+    except pydantic.ValidationError as err:
+        raise UserError("\n".join(f"{source}: {_one_line(e)}" for e in err.errors())) from None
+
+
+def load_config(path: Path, overrides: dict[str, object] | None = None) -> TrainConfig:
+    """A config from a YAML file, then the non-None `overrides` (command-line flags) on top."""
+    raw = read_yaml_mapping(path, "pass an existing --config")
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return validated({**raw, **flags}, path if not flags else f"{path} + flags")
 
 
 def _parse_bool(text: str) -> bool:
@@ -103,57 +170,26 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--field` flag per TrainConfig field (lists take several values, booleans true/false)."""
+    """One `--field` flag per TrainConfig field (lists take several values, booleans true/false). Values stay
+    text: TrainConfig validates them with the same rules as a YAML file's."""
     group = parser.add_argument_group("configuration overrides (defaults from the stage's YAML file)")
-    for name, annotation in _field_types().items():
+    for name, field in TrainConfig.model_fields.items():
         if name == "stage":  # chosen by --stage, which picks the YAML file
             continue
-        kind, nargs = _cli_type(annotation)
-        parse = _parse_bool if kind is bool else kind
-        group.add_argument(f"--{name}", type=parse, nargs=nargs, default=None, metavar=kind.__name__.upper())
+        annotation = field.annotation
+        is_list = typing.get_origin(annotation) is list
+        parse = _parse_bool if annotation is bool else str
+        metavar = "BOOL" if annotation is bool else name.upper()
+        group.add_argument(
+            f"--{name}", type=parse, nargs="*" if is_list else None, default=None, metavar=metavar
+        )
 
 
 def default_config_path(stage: str) -> Path:
     return TRAIN_DIR / f"{stage}.yml"
 
 
-def load_config(path: Path, overrides: dict[str, object] | None = None) -> TrainConfig:
-    """A config from a YAML file, then the non-None `overrides` on top; unknown keys are errors."""
-    raw = read_yaml_mapping(path, "pass an existing --config")
-    values = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; the fields are those of train/config.py"
-        )
-    config = TrainConfig(**values)
-    validate(config, path)
-    return config
-
-
-def validate(config: TrainConfig, source: Path | str) -> None:
-    choices = {
-        "stage": STAGES,
-        "loss": ("l1", "l2"),
-        "optimizer": ("adam", "adan"),
-        "scheduler": ("constant", "cosine", "multistep"),
-        "precision": ("fp32", "bf16", "fp16"),
-        "attention": ("lka", "esa_cca", "none"),
-        "shallow": ("rbsb", "bsconv_shortcut", "bsconv"),
-    }
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise UserError(
-                f"{source}: {name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}"
-            )
-    for name in ("lr_patch", "batch_size", "total_iters", "scale", "num_feat", "num_blocks", "keep_last"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{source}: {name} must be at least 1, not {getattr(config, name)}")
-    if not 0 <= config.ema_decay < 1:
-        raise UserError(f"{source}: ema_decay must be in [0, 1), not {config.ema_decay}")
-    expected_betas = 3 if config.optimizer == "adan" else 2
-    if len(config.betas) != expected_betas:
-        raise UserError(f"{source}: {config.optimizer} takes {expected_betas} betas, got {config.betas}")
-    if not config.train_sources:
-        raise UserError(f"{source}: train_sources is empty; name HR image folders or .txt file lists")
+def recipe_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, tuple[object, object]]:
+    """{field: (saved, now)} for every field whose values differ, recipe fields and free fields alike."""
+    old, new = saved.to_dict(), now.to_dict()
+    return {name: (old[name], new[name]) for name in TrainConfig.model_fields if old[name] != new[name]}

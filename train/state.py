@@ -87,6 +87,16 @@ def load_iteration(run_dir: Path, iteration: int) -> tuple[dict, dict]:
     return _load(weights_path(run_dir, iteration)), _load(state_path(run_dir, iteration))
 
 
+def saved_config(run_dir: Path, iteration: int) -> dict:
+    """The configuration a run saved with its state at `iteration` (the reference a resume is checked against)."""
+    state = _load(state_path(run_dir, iteration))
+    if not isinstance(state.get("config"), dict):
+        raise UserError(
+            f"{state_path(run_dir, iteration)}: holds no configuration; resume is not possible from it"
+        )
+    return state["config"]
+
+
 def _load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

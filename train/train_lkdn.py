@@ -1,8 +1,13 @@
 """Train LKDN: `python train/train_lkdn.py --stage scratch`, then `--stage finetune`.
 
 Defaults come from train/<stage>.yml (the factsheet's recipe); every field can be overridden (`--lr 5e-4`).
-A run resumes by itself from the newest state in its run folder; `--restart` refuses to and starts over only in an
-empty folder. Multi-GPU or multi-process: `torchrun --nproc_per_node=N train/train_lkdn.py --stage scratch`.
+A run resumes by itself from the newest state in its run folder, with the configuration saved there: flags or a
+`--config` that would change the recipe are refused unless `--accept_config_change` is given (the change is then
+recorded in config_history.yml). `--restart` starts over only in an empty folder. Multi-GPU or multi-process:
+`torchrun --nproc_per_node=N train/train_lkdn.py --stage scratch`.
+
+Exit codes: 0 finished (or stopped at --max_minutes, state saved), 2 a mistake to fix (the message says which),
+130 / 143 stopped by SIGINT / SIGTERM (state saved; run the same command to resume).
 """
 
 from __future__ import annotations
@@ -11,7 +16,16 @@ import argparse
 from pathlib import Path
 
 from train import state as run_state
-from train.config import STAGES, TrainConfig, add_config_arguments, default_config_path, load_config
+from train.config import (
+    RECIPE_FIELDS,
+    STAGES,
+    TrainConfig,
+    add_config_arguments,
+    default_config_path,
+    load_config,
+    recipe_changes,
+    validated,
+)
 from train.state import latest_resumable
 from train.trainer import Trainer, build_model
 from utils.errors import UserError, run_cli
@@ -32,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     resume.add_argument(
         "--restart", action="store_true", help="ignore saved states (the run folder must be new)"
+    )
+    parser.add_argument(
+        "--accept_config_change",
+        action="store_true",
+        help="resume even though the flags or --config change the saved recipe (recorded in config_history.yml)",
     )
     parser.add_argument(
         "--export_fused",
@@ -58,13 +77,41 @@ def export_fused(config: TrainConfig, which: str) -> list[Path]:
     return paths
 
 
+COMMAND_FLAGS = ("stage", "config", "resume", "restart", "export_fused", "accept_config_change")
+EXIT_SIGNAL = 128  # a run stopped by signal N exits with 128 + N, as a shell reports it
+
+
+def resumed_config(
+    run_dir: Path, iteration: int, args: argparse.Namespace, overrides: dict
+) -> tuple[TrainConfig, dict[str, tuple]]:
+    """(the configuration to resume with, its changes from the saved one). The saved configuration is the
+    reference: flags (and a --config file, when given) apply on top; a change of the recipe is refused
+    unless --accept_config_change."""
+    source = run_state.state_path(run_dir, iteration)
+    saved = validated(run_state.saved_config(run_dir, iteration), source)
+    if args.config is not None:
+        now = load_config(args.config, overrides)
+    else:
+        now = validated({**saved.to_dict(), **overrides}, "the command line")
+    changes = recipe_changes(saved, now)
+    recipe = {name: change for name, change in changes.items() if name in RECIPE_FIELDS}
+    if recipe and not args.accept_config_change:
+        listed = "; ".join(f"{name}: {old!r} (saved) -> {new!r} (now)" for name, (old, new) in recipe.items())
+        raise UserError(
+            f"{run_dir}: resuming would change the recipe of this run: {listed}; resume with the saved values "
+            "(drop those flags), or pass --accept_config_change to continue with the new ones"
+        )
+    return now, changes
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The configuration fields given on the command line."""
+    return {k: v for k, v in vars(args).items() if k not in COMMAND_FLAGS and v is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("stage", "config", "resume", "restart", "export_fused")
-    }
+    overrides = config_overrides(args)
     config_path = args.config or default_config_path(args.stage)
     config = load_config(config_path, overrides)
     if config.stage != args.stage and args.config is None:
@@ -87,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(
             f"{run_dir}: holds a run (iteration {found}); choose another --run_dir or --name to restart"
         )
-    Trainer(config, resume=not args.restart).run()
-    return 0
+    changes: dict[str, tuple] = {}
+    if found is not None:
+        config, changes = resumed_config(run_dir, found, args, overrides)
+    trainer = Trainer(config, resume=not args.restart, changes=changes)
+    trainer.run()
+    return EXIT_SIGNAL + trainer.stopped_by if trainer.stopped_by is not None else 0
 
 
 def cli() -> None:

@@ -3,6 +3,9 @@
 Exact resume rests on two facts: training sample k is a pure function of (seed, k) (data/datasets.py), and every
 other piece of state (weights, EMA, optimizer, schedule, random generators) is saved together at an iteration.
 So a run killed at any point and resumed from its newest state computes the same steps as an uninterrupted one.
+
+Nothing is lost that was computed: SIGINT / SIGTERM stop after the step and save; an error that ends the run
+between steps (an unreadable batch, too many unreadable images, memory) saves the last completed step first.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
@@ -36,9 +38,10 @@ from train.nhwc_gelu import use_nhwc_gelu
 from train.optim import build_loss, build_optimizer, build_scheduler
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.files.atomic_write import save_atomic
+from utils.files.atomic_write import save_atomic, write_text_atomic
 from utils.files.checkpoint import load_checkpoint, load_state
 from utils.files.image_io import to_tensor, to_uint8
+from utils.files.yaml_file import yaml_text
 from utils.measure.metrics import psnr_y
 
 log = logging.getLogger("lkdn.train")
@@ -137,51 +140,39 @@ def validate(model: LKDN, val_dirs: list[str], scale: int, device: torch.device)
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = True) -> None:
+    """One run: built from a validated config, resumed from its run folder when `resume` finds a state there.
+
+    `changes` are the configuration changes a resume accepted ({field: (saved, now)}); they are logged and
+    appended to config_history.yml, never written over config.yml (the configuration the run started with).
+    """
+
+    def __init__(
+        self, config: TrainConfig, resume: bool = True, changes: dict[str, tuple] | None = None
+    ) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise UserError(
-                "--precision fp16 needs a CUDA GPU (it uses a gradient scaler); use bf16 on a CPU"
-            )
+        self.device = self._device()
         self.info = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.info.enabled:
             self.device = torch.device("cuda", self.info.local_rank)
         self.run_dir = config.resolved_run_dir
         self.stop_signal: str | None = None  # set by SIGINT / SIGTERM: stop after the step, saving first
+        self.stopped_by: int | None = None  # the signal number that stopped the run, if one did
+        self.unreadable: set[str] = set()  # training images that failed to decode, each logged once
         if self.info.is_main:
             _prepare_run_dir(self.run_dir)
         barrier(self.info)
         _setup_logging(self.run_dir, self.info)
-
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.model = build_model(config)
-        self.start = 0
-        self.best = -math.inf
         resume_at = run_state.latest_resumable(self.run_dir) if resume else None
-        if resume_at is None and config.init_from:
-            if not Path(config.init_from).is_file():
-                raise UserError(
-                    f"{config.init_from}: the init_from checkpoint does not exist; finish stage 1 first "
-                    "(python train/train_lkdn.py --stage scratch) or pass --init_from <file.pth>"
-                )
-            load_checkpoint(config.init_from, self.model)
-            log.info("initialised from %s", config.init_from)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=self.memory_format)
-        if self.device.type == "cpu":  # CPU-only speed-ups that change no number
-            use_fast_conv_backward(self.model)
-            use_nhwc_gelu(self.model)
-            if (reason := native_conv_grad_available()) is not None:
-                log.warning(
-                    "C++ conv-gradient kernels unavailable (%s); oneDNN's gradients run instead", reason
-                )
+        self._check_validation_folders()
+        self.model = self._model(from_init=resume_at is None)
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = build_optimizer(self.model.parameters(), config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.start, self.best, self.saved_at = 0, -math.inf, 0
         if resume_at is not None:
             self._resume(resume_at)
         self.ddp = (
@@ -193,7 +184,62 @@ class Trainer:
         )
         self.loss_fn = build_loss(config)
         if self.info.is_main:
-            (self.run_dir / "config.yml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            self._record_config(resumed=resume_at is not None, changes=changes or {})
+
+    def _device(self) -> torch.device:
+        device = resolve_device(self.config.device)
+        if self.config.precision == "fp16" and device.type != "cuda":
+            raise UserError(
+                "--precision fp16 needs a CUDA GPU (it uses a gradient scaler); use bf16 on a CPU"
+            )
+        return device
+
+    def _check_validation_folders(self) -> None:
+        """Every validation folder readable in a layout it understands: checked before the first step, not at
+        the first validation hours later."""
+        for folder in self.config.val_dirs:
+            ValidationSet(Path(folder), self.config.scale)
+
+    def _model(self, from_init: bool) -> LKDN:
+        """The training-form model on the device, from `init_from` on a fresh start, with the CPU speed-ups."""
+        config = self.config
+        model = build_model(config)
+        if from_init and config.init_from:
+            if not Path(config.init_from).is_file():
+                raise UserError(
+                    f"{config.init_from}: the init_from checkpoint does not exist; finish stage 1 first "
+                    "(python train/train_lkdn.py --stage scratch) or pass --init_from <file.pth>"
+                )
+            load_checkpoint(config.init_from, model)  # refuses non-finite weights, naming the tensor
+            log.info("initialised from %s", config.init_from)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(self.device, memory_format=self.memory_format)
+        if self.device.type == "cpu":  # CPU-only speed-ups that change no number
+            use_fast_conv_backward(model)
+            use_nhwc_gelu(model)
+            if (reason := native_conv_grad_available()) is not None:
+                log.warning(
+                    "C++ conv-gradient kernels unavailable (%s); oneDNN's gradients run instead", reason
+                )
+        return model
+
+    def _record_config(self, resumed: bool, changes: dict[str, tuple]) -> None:
+        """config.yml on a fresh start; on a resume, the changes it accepted, in the log and the history."""
+        if not resumed:
+            write_text_atomic(self.run_dir / "config.yml", yaml_text(self.config.to_dict()))
+            return
+        if not changes:
+            return
+        lines = [f"{name}: {saved!r} (saved) -> {now!r} (now)" for name, (saved, now) in changes.items()]
+        log.info("resumed with configuration changes: %s", "; ".join(lines))
+        history = self.run_dir / "config_history.yml"
+        entry = {
+            "resumed_at_iteration": self.start,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "changes": {name: {"saved": saved, "now": now} for name, (saved, now) in changes.items()},
+        }
+        previous = history.read_text() if history.is_file() else ""
+        write_text_atomic(history, previous + "---\n" + yaml_text(entry))
 
     def _resume(self, iteration: int) -> None:
         weights, state = run_state.load_iteration(self.run_dir, iteration)
@@ -243,6 +289,9 @@ class Trainer:
             pairs.skipped_small,
             min_size,
         )
+        for message in pairs.unreadable:
+            self.unreadable.add(message)
+            log.warning("skipped an unreadable training image: %s", message)
         dataset = PatchDataset(
             pairs, config.lr_patch, config.scale, config.seed, config.augment, config.in_memory
         )
@@ -277,6 +326,7 @@ class Trainer:
 
     def _request_stop(self, signum: int, _frame) -> None:
         self.stop_signal = f"{signal.Signals(signum).name} received"
+        self.stopped_by = signum
 
     def _validate(self, iteration: int, writer) -> None:
         scores = validate(self.ema.model, self.config.val_dirs, self.config.scale, self.device)
@@ -298,69 +348,111 @@ class Trainer:
             if last
             else "no checkpoint was saved"
         )
+        start = (
+            f"the weights were finite when training started (init_from {self.config.init_from} included)"
+            if self.config.init_from
+            else "the weights were finite when training started"
+        )
         return UserError(
             f"{self.run_dir}: the loss became NaN or infinite at iteration {iteration}; stopped, {kept}; "
-            "lower --lr (or use fp32) and resume"
+            f"{start}, so the run diverged: lower --lr (or use fp32) and resume"
         )
 
+    def _note_unreadable(self, messages: list[str], total_images: int) -> None:
+        """Log each unreadable training image once; past max_bad_images of them, stop (the caller saves)."""
+        for message in (line for text in messages for line in text.splitlines() if line):
+            if message not in self.unreadable:
+                self.unreadable.add(message)
+                log.warning("skipped an unreadable training image: %s", message)
+        limit = self.config.max_bad_images * total_images
+        if len(self.unreadable) > limit:
+            raise UserError(
+                f"{len(self.unreadable)} of {total_images} training images are unreadable (more than max_bad_images "
+                f"{self.config.max_bad_images:g}); they are named in {self.run_dir / 'train.log'}: replace or "
+                "remove them, then resume"
+            )
+
+    def _step(self, lr_batch: torch.Tensor, hr_batch: torch.Tensor) -> float:
+        """One optimisation step; returns the (all-reduced) loss."""
+        lr_batch = lr_batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        hr_batch = hr_batch.to(self.device, non_blocking=True)
+        with _autocast(self.config, self.device):
+            sr = self.ddp(lr_batch)
+        loss = self.loss_fn(sr.float(), hr_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return self._reduced(loss)
+
+    def _log_progress(self, iteration: int, window: list[float], writer) -> None:
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        log.info("iter %d loss %.5f lr %.3e", iteration, float(np.mean(window)), learning_rate)
+        if writer is not None:
+            writer.add_scalar("train/loss", float(np.mean(window)), iteration)
+            writer.add_scalar("train/lr", learning_rate, iteration)
+
+    def _validate_and_save(self, iteration: int, stop: str | None, writer) -> None:
+        """Validation and the checkpoint when due (or when stopping); validation first, so the saved state
+        knows the best."""
+        config = self.config
+        due = iteration == config.total_iters or stop is not None
+        if self.info.is_main and config.val_dirs and (iteration % config.val_every == 0 or due):
+            self._validate(iteration, writer)
+        if self.info.is_main and (iteration % config.save_every == 0 or due):
+            self.save(iteration)
+            self.saved_at = iteration
+
+    def _save_after_error(self, iteration: int) -> None:
+        """After an error between steps: save the last completed step, unless it is saved already."""
+        if self.info.is_main and iteration > self.saved_at:
+            self.save(iteration)
+            log.info("saved iteration %d before stopping on the error below", iteration)
+
     def run(self) -> int:
-        """Train to total_iters (or max_minutes); returns the last iteration reached."""
+        """Train to total_iters (or max_minutes, or a signal); returns the last iteration reached."""
         config, info = self.config, self.info
         loader = self._data()
+        total_images = len(loader.dataset.pairs) + len(self.unreadable)
         writer = _tensorboard(self.run_dir) if info.is_main else None
         log.info(
             "training %s from iteration %d to %d on %s x%d process(es), precision %s, online fusion %s",
-            config.name,
-            self.start,
-            config.total_iters,
-            self.device,
-            info.world_size,
-            config.precision,
+            config.name, self.start, config.total_iters, self.device, info.world_size, config.precision,
             config.online_fusion,
-        )
+        )  # fmt: skip
         started = time.monotonic()
         self.stop_signal = None
         handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=config.total_iters, initial=self.start, disable=not info.is_main, dynamic_ncols=True)
         iteration, window = self.start, []
         self.model.train()
+        batches = iter(loader)
         try:
-            for lr_batch, hr_batch in loader:
-                lr_batch = lr_batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                hr_batch = hr_batch.to(self.device, non_blocking=True)
-                with _autocast(config, self.device):
-                    sr = self.ddp(lr_batch)
-                loss = self.loss_fn(sr.float(), hr_batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.ema.update(self.model)
-                value = self._reduced(loss)
+            while iteration < config.total_iters:
+                try:  # between steps: an error here leaves the weights of the last step intact
+                    lr_batch, hr_batch, unreadable = next(batches)
+                    self._note_unreadable(unreadable, total_images)
+                except StopIteration:
+                    break
+                except BaseException:
+                    self._save_after_error(iteration)
+                    raise
+                value = self._step(lr_batch, hr_batch)
                 if not math.isfinite(value):
                     raise self._diverged(iteration + 1)
                 iteration += 1
                 window.append(value)
                 bar.update()
-                learning_rate = self.optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{learning_rate:.2e}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False
+                )
                 if iteration % config.log_every == 0:
-                    log.info("iter %d loss %.5f lr %.3e", iteration, float(np.mean(window)), learning_rate)
-                    if writer is not None:
-                        writer.add_scalar("train/loss", float(np.mean(window)), iteration)
-                        writer.add_scalar("train/lr", learning_rate, iteration)
+                    self._log_progress(iteration, window, writer)
                     window = []
                 stop = self._stop_reason(started)
-                finished = iteration == config.total_iters
-                if (
-                    info.is_main
-                    and (iteration % config.val_every == 0 or finished or stop is not None)
-                    and config.val_dirs
-                ):
-                    self._validate(iteration, writer)  # before saving, so the saved state knows the best
-                if info.is_main and (iteration % config.save_every == 0 or finished or stop is not None):
-                    self.save(iteration)
+                self._validate_and_save(iteration, stop, writer)
                 barrier(info)
                 if stop is not None:
                     log.info("stopping at iteration %d: %s (state saved)", iteration, stop)

@@ -21,7 +21,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # several problems: one line each
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

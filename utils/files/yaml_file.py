@@ -22,3 +22,8 @@ def read_yaml_mapping(path: Path, missing_fix: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of field: value; fix the file")
     return data
+
+
+def yaml_text(data: object) -> str:
+    """`data` as YAML in its own key order (what a person reads first comes first)."""
+    return yaml.safe_dump(data, sort_keys=False)
