@@ -360,9 +360,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     ("extra", "message"),
     [
         (["--train_sources", "/nonexistent/hr"], "/nonexistent/hr: no such folder"),
-        (["--lr_patch", "64"], "all 4 readable images are smaller than 256 pixels on a side; the largest allows 64 (for training: --lr_patch 16 or less"),
+        (
+            ["--lr_patch", "64"],
+            "all 4 readable images are smaller than 256 pixels on a side; the largest allows 64 (for training: --lr_patch 16 or less",
+        ),
         (["--init_from", "/nonexistent/ckpt.pth"], "ckpt.pth: the init_from checkpoint does not exist"),
-        (["--optimizer", "sgd"], "optimizer: Input should be 'adam' or 'adan' (got 'sgd')"),
+        (["--optimizer", "sgd"], "--optimizer: Input should be 'adam' or 'adan' (got 'sgd')"),
     ],
     ids=["no-images", "all-too-small", "missing-init", "bad-optimizer"],
 )

@@ -127,37 +127,38 @@ FREE_FIELDS = frozenset(
 RECIPE_FIELDS = frozenset(TrainConfig.model_fields) - FREE_FIELDS
 
 
-def _location(error: dict) -> str:
-    return ".".join(str(part) for part in error["loc"])
-
-
-def _one_line(error: dict) -> str:
+def _one_line(error: dict, source: Path | str, flags: set[str]) -> str:
+    """`source: field: problem (got value)`; a value given as a flag is named as the flag."""
     message = error["msg"].removeprefix("Value error, ")
+    field = str(error["loc"][0]) if error["loc"] else ""
+    where = f"--{field}" if field in flags else f"{source}: {'.'.join(map(str, error['loc']))}"
     if error["type"] == "extra_forbidden":
-        key = str(error["loc"][0])
-        close = difflib.get_close_matches(key, TrainConfig.model_fields, n=1)
+        close = difflib.get_close_matches(field, TrainConfig.model_fields, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; the fields are those of train/config.py"
-        return f"unknown field {key!r}{hint}"
+        return f"{source}: unknown field {field!r}{hint}"
     if not error["loc"]:  # a rule across fields: its message names them
-        return message
+        return f"{source}: {message}"
     if error["type"] == "bool_type":
         message = "must be true or false (YAML true/false, not a quoted string)"
-    return f"{_location(error)}: {message} (got {error['input']!r})"
+    return f"{where}: {message} (got {error['input']!r})"
 
 
-def validated(values: dict, source: Path | str) -> TrainConfig:
-    """A TrainConfig from `values`, or a UserError with one line per bad value, each naming `source`."""
+def validated(
+    values: dict, source: Path | str, flags: set[str] | frozenset[str] = frozenset()
+) -> TrainConfig:
+    """A TrainConfig from `values`, or a UserError with one line per bad value, naming `source` (or the flag,
+    for the fields in `flags`)."""
     try:
         return TrainConfig.model_validate(values)
     except pydantic.ValidationError as err:
-        raise UserError("\n".join(f"{source}: {_one_line(e)}" for e in err.errors())) from None
+        raise UserError("\n".join(_one_line(e, source, set(flags)) for e in err.errors())) from None
 
 
 def load_config(path: Path, overrides: dict[str, object] | None = None) -> TrainConfig:
     """A config from a YAML file, then the non-None `overrides` (command-line flags) on top."""
     raw = read_yaml_mapping(path, "pass an existing --config")
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return validated({**raw, **flags}, path if not flags else f"{path} + flags")
+    return validated({**raw, **flags}, path, set(flags))
 
 
 def _parse_bool(text: str) -> bool:

@@ -92,7 +92,7 @@ def resumed_config(
     if args.config is not None:
         now = load_config(args.config, overrides)
     else:
-        now = validated({**saved.to_dict(), **overrides}, "the command line")
+        now = validated({**saved.to_dict(), **overrides}, source, set(overrides))
     changes = recipe_changes(saved, now)
     recipe = {name: change for name, change in changes.items() if name in RECIPE_FIELDS}
     if recipe and not args.accept_config_change:

@@ -1,0 +1,206 @@
+"""Training never loses work and never silently changes its recipe: bad configuration values, resumes with
+another command line, unreadable images, errors between steps, a full disk, exit codes."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+
+import pytest
+import yaml
+from test_train import _args, _train, tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+from train import state as run_state
+from train import train_lkdn
+from train.config import TrainConfig, load_config, validated
+from train.state import latest_resumable
+from train.trainer import Trainer
+from utils.errors import UserError, run_cli
+from utils.files import atomic_write
+
+
+def _cli_error(argv: list[str], capsys) -> str:
+    """Run train_lkdn's main as the command does; returns stderr, asserting exit code 2 and no traceback."""
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(lambda: train_lkdn.main(argv))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert "Traceback" not in err and err.splitlines()[-1].split("error: ")[0] in ("", "__main__.py: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("betas: 0.9\n", "betas: Input should be a valid list (got 0.9)"),
+        ("milestones: 5\n", "milestones: Input should be a valid list (got 5)"),
+        ("lr:\n", "lr: Input should be a valid number (got None)"),
+        ("seed: -1\n", "seed: Input should be greater than or equal to 0 (got -1)"),
+        ('online_fusion: "false"\n', "online_fusion: must be true or false"),
+        ("batch_size: many\n", "batch_size: Input should be a valid integer"),
+        ("ema_decay: 1\n", "ema_decay: Input should be less than 1"),
+        ("milestones: [8, 5]\n", "milestones: milestones must be strictly increasing iterations (got [8, 5])"),
+        ("bach_size: 16\n", "unknown field 'bach_size'; did you mean 'batch_size'?"),
+    ],
+)
+def test_bad_yaml_values_are_one_line_each_with_exit_2(tmp_path, capsys, yaml_text, message):
+    config = tmp_path / "bad.yml"
+    config.write_text(yaml_text)
+    err = _cli_error(["--config", str(config), "--run_dir", str(tmp_path / "run")], capsys)
+    assert f"bad.yml: {message}" in err
+    assert err.count("\n") == 1  # one bad value: one line
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "-1"], "error: --lr: Input should be greater than 0 (got '-1')"),
+        (["--val_every", "0"], "error: --val_every: Input should be greater than or equal to 1 (got '0')"),
+        (["--online_fusion", "maybe"], "argument --online_fusion: expected true or false, got 'maybe'"),
+    ],
+)
+def test_bad_flags_follow_the_same_rules(tmp_path, capsys, flags, message):
+    err = _cli_error([*flags, "--run_dir", str(tmp_path / "run")], capsys)
+    assert message in err
+
+
+def test_two_bad_values_give_two_lines(tmp_path, capsys):
+    err = _cli_error(["--batch_size", "0", "--seed", "-2", "--run_dir", str(tmp_path / "run")], capsys)
+    assert err.count("\n") == 2 and "batch_size" in err and "seed" in err
+
+
+def test_yaml_1_1_numbers_and_quoted_numbers_are_numbers(tmp_path):
+    config = tmp_path / "ok.yml"
+    config.write_text('lr: 1e-3\nbatch_size: "16"\nmilestones: [100, 200]\nscheduler: multistep\n')
+    loaded = load_config(config)
+    assert (loaded.lr, loaded.batch_size, loaded.milestones) == (1e-3, 16, [100, 200])
+    assert loaded.online_fusion is True and validated({"online_fusion": False}, "x").online_fusion is False
+
+
+def _first_run(tiny_data, run, *extra: str):  # noqa: F811
+    done = _train(
+        _args(tiny_data, run, "--total_iters", "2", "--save_every", "2", "--val_every", "2", *extra)
+    )
+    assert done.returncode == 0, done.stderr
+    return (run / "config.yml").read_text()
+
+
+def test_a_resume_that_changes_the_recipe_is_refused_then_accepted_on_request(tiny_data, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    started_with = _first_run(tiny_data, run)
+    refused = _train(_args(tiny_data, run, "--total_iters", "2", "--batch_size", "2", "--optimizer", "adan",
+                           "--betas", "0.98", "0.92", "0.99"))  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert (
+        "batch_size: 4 (saved) -> 2 (now)" in refused.stderr
+        and "optimizer: 'adam' (saved) -> 'adan'" in refused.stderr
+    )
+    assert "--accept_config_change" in refused.stderr
+    accepted = _train(
+        _args(tiny_data, run, "--total_iters", "4", "--batch_size", "2", "--accept_config_change")
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert (run / "config.yml").read_text() == started_with  # the record of how the run started
+    (entry,) = yaml.safe_load_all((run / "config_history.yml").read_text())
+    assert entry["resumed_at_iteration"] == 2
+    assert entry["changes"]["batch_size"] == {"saved": 4, "now": 2}
+    assert entry["changes"]["total_iters"] == {"saved": 2, "now": 4}
+    assert "resumed with configuration changes: " in (run / "train.log").read_text()
+    assert latest_resumable(run) == 4
+
+
+def test_a_resume_with_a_forgotten_flag_continues_the_saved_recipe(tiny_data, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    _first_run(tiny_data, run, "--lr", "5e-4")
+    saved = run_state.saved_config(run, 2)
+    args = train_lkdn.parse_args(["--run_dir", str(run)])
+    config, changes = train_lkdn.resumed_config(run, 2, args, train_lkdn.config_overrides(args))
+    assert config.lr == 5e-4 == saved["lr"] and changes == {}
+    free = train_lkdn.parse_args(["--run_dir", str(run), "--threads", "2", "--log_every", "1"])
+    config, changes = train_lkdn.resumed_config(run, 2, free, train_lkdn.config_overrides(free))
+    assert changes == {"threads": (1, 2), "log_every": (5, 1)}  # free fields change, and say so
+
+
+def _with_a_corrupt_image(tiny_data, tmp_path):  # noqa: F811
+    """The tiny training images plus one that decodes in preparation (its LR is cached) but not afterwards."""
+    hr = tmp_path / "hr"
+    shutil.copytree(tiny_data["hr"], hr)
+    shutil.copy(hr / "0.png", hr / "9_broken.png")
+    first = _train(
+        _args({**tiny_data, "hr": hr}, tmp_path / "prepare", "--total_iters", "1", "--val_every", "5")
+    )
+    assert first.returncode == 0, first.stderr  # the LR of every image is in the cache now
+    data = (hr / "9_broken.png").read_bytes()
+    (hr / "9_broken.png").write_bytes(data[:40])  # the PNG header survives, the pixels do not
+    return {**tiny_data, "hr": hr}
+
+
+def test_an_unreadable_image_in_a_worker_is_skipped_and_named(tiny_data, tmp_path):  # noqa: F811
+    data = _with_a_corrupt_image(tiny_data, tmp_path)
+    run = tmp_path / "run"
+    done = _train(_args(data, run, "--total_iters", "12", "--val_every", "100", "--save_every", "100",
+                        "--num_workers", "2", "--in_memory", "false", "--max_bad_images", "0.5"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = (run / "train.log").read_text()
+    assert log.count("skipped an unreadable training image: ") == 1 and "9_broken.png" in log
+    assert latest_resumable(run) == 12
+
+
+def test_too_many_unreadable_images_stop_the_run_with_exit_2(tiny_data, tmp_path):  # noqa: F811
+    data = _with_a_corrupt_image(tiny_data, tmp_path)
+    run = tmp_path / "run"
+    done = _train(_args(data, run, "--total_iters", "40", "--val_every", "100", "--save_every", "100",
+                        "--in_memory", "false", "--max_bad_images", "0.1"))  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "1 of 5 training images are unreadable (more than max_bad_images 0.1)" in done.stderr
+    assert "9_broken.png" in (run / "train.log").read_text()
+
+
+def _tiny_config(tiny_data, run, **changes) -> TrainConfig:  # noqa: F811
+    values = {
+        "train_sources": [str(tiny_data["hr"])], "cache_dir": str(tiny_data["cache"]),
+        "val_dirs": [str(tiny_data["val"])], "run_dir": str(run), "lr_patch": 8, "batch_size": 4,
+        "num_feat": 8, "num_blocks": 2, "num_workers": 0, "in_memory": True, "threads": 1, "total_iters": 20,
+        "save_every": 100, "val_every": 100, **changes,
+    }  # fmt: skip
+    return TrainConfig(**values)
+
+
+def test_an_error_between_steps_leaves_a_state_at_the_last_step(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    trainer = Trainer(_tiny_config(tiny_data, tmp_path / "run"))
+    real_data = trainer._data
+
+    def failing_after_three():
+        loader = real_data()
+
+        class Failing:
+            dataset = loader.dataset
+
+            def __iter__(self):
+                for step, batch in enumerate(loader):
+                    if step == 3:
+                        raise OSError(errno.EIO, "Input/output error (test)")
+                    yield batch
+
+        return Failing()
+
+    monkeypatch.setattr(trainer, "_data", failing_after_three)
+    with pytest.raises(OSError, match="test"):
+        trainer.run()
+    assert latest_resumable(tmp_path / "run") == 3
+
+
+def test_a_full_disk_at_start_is_a_user_error(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic_write.os, "replace", full)
+    with pytest.raises(UserError, match="config.yml: cannot write it \\(No space left on device\\)"):
+        Trainer(_tiny_config(tiny_data, tmp_path / "run"))
+
+
+def test_a_missing_validation_folder_is_caught_before_the_first_step(tiny_data, tmp_path):  # noqa: F811
+    with pytest.raises(UserError, match="nowhere: no such validation folder"):
+        Trainer(_tiny_config(tiny_data, tmp_path / "run", val_dirs=[str(tmp_path / "nowhere")]))
+    assert latest_resumable(tmp_path / "run") is None
