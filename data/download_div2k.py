@@ -1,9 +1,11 @@
-"""Download DIV2K (validation HR + x4 bicubic LR, optionally the public test LR) in the NTIRE kit's layout.
+"""Download DIV2K (validation HR + x4 bicubic LR, the training set, the public test LR) in the NTIRE kit's layout.
 
-    python -m data.download_div2k --data_dir data/ [--splits valid test] [--keep_zips]
+    python -m data.download_div2k --data_dir data/ [--splits valid train test] [--keep_zips]
 
 Result: data_dir/DIV2K_valid_HR/0801.png .. 0900.png and data_dir/DIV2K_valid_LR/0801x4.png .. 0900x4.png
-(the official zips hold DIV2K_valid_HR/ and DIV2K_valid_LR_bicubic/X4/). The DIV2K test HR images were
+(the official zips hold DIV2K_valid_HR/ and DIV2K_valid_LR_bicubic/X4/). `--splits train` adds the training set
+as the recipe reads it: data_dir/DIV2K_train_HR/0001.png .. 0800.png and the official bicubic LR in
+data_dir/DIV2K_train_LR_bicubic/X4/0001x4.png .. (where data/prepare.py finds an HR image's official LR). The DIV2K test HR images were
 never released: `--splits test` fetches only the public test LR (data_dir/DIV2K_test_LR/0901x4.png ..).
 The NTIRE 2023 organizers' test set goes in data_dir/DIV2K_test_HR/ and data_dir/DIV2K_test_LR/ with
 the same names (0901.png, 0901x4.png), where the kit's test mode looks for it.
@@ -28,6 +30,7 @@ SCALE = 4
 # SHA-256 of the official zips, to be filled in once known from a trusted download; empty means "not checked".
 KNOWN_ZIP_SHA256: dict[str, str] = {}
 
+TRAIN_IDS = range(1, 801)
 VALID_IDS = range(801, 901)
 TEST_IDS = range(901, 1001)
 
@@ -66,7 +69,14 @@ TEST_LR = Part(
     "DIV2K_test_LR",
     _lr_names(TEST_IDS),
 )
-SPLITS = {"valid": (VALID_HR, VALID_LR), "test": (TEST_LR,)}
+TRAIN_HR = Part("DIV2K_train_HR.zip", "DIV2K_train_HR", "DIV2K_train_HR", _hr_names(TRAIN_IDS))
+TRAIN_LR = Part(
+    f"DIV2K_train_LR_bicubic_X{SCALE}.zip",
+    f"DIV2K_train_LR_bicubic/X{SCALE}",
+    f"DIV2K_train_LR_bicubic/X{SCALE}",
+    _lr_names(TRAIN_IDS),
+)
+SPLITS = {"valid": (VALID_HR, VALID_LR), "train": (TRAIN_HR, TRAIN_LR), "test": (TEST_LR,)}
 
 TEST_HR_NOTE = (
     "note: the DIV2K test HR images are not public. The NTIRE 2023 organizers' test set goes in "
@@ -144,9 +154,10 @@ def download_div2k(
     for split in splits:
         for part in SPLITS[split]:
             fetch_part(part, data_dir, base_url, keep_zips=keep_zips, progress=progress)
-        if split == "valid":
-            n = check_pairs(data_dir / VALID_HR.folder, data_dir / VALID_LR.folder, VALID_HR.file_names)
-            print(f"{data_dir}: DIV2K valid ready, {n} HR/LR x{SCALE} pairs")
+        if split in ("valid", "train"):
+            hr, lr = SPLITS[split]
+            n = check_pairs(data_dir / hr.folder, data_dir / lr.folder, hr.file_names)
+            print(f"{data_dir}: DIV2K {split} ready, {n} HR/LR x{SCALE} pairs")
         else:
             print(f"{data_dir / TEST_LR.folder}: DIV2K test LR ready, {len(TEST_LR.file_names)} images")
             print(TEST_HR_NOTE.format(data_dir=data_dir))
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=sorted(SPLITS),
         default=["valid"],
-        help="valid: HR + x4 LR (100 pairs); test: x4 LR only (the test HR is not public)",
+        help="valid: HR + x4 LR (100 pairs); train: HR + x4 LR (800 pairs); test: x4 LR only (no public HR)",
     )
     parser.add_argument("--base_url", default=OFFICIAL_BASE_URL, help="where the zips are served")
     parser.add_argument("--keep_zips", action="store_true", help="keep the zips in data_dir/DIV2K_zips/")

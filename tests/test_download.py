@@ -7,6 +7,7 @@ import io
 import socket
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from local_http import serve_files
 
-from data import download_div2k
+from data import download_div2k, download_lsdir
 from utils.errors import UserError
 from utils.files.download import download_file, extract_zip
 
@@ -273,3 +274,105 @@ def test_div2k_test_split_fetches_the_public_lr_only(server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test HR images are not public" in out and f"{tmp_path}/DIV2K_test_HR/" in out
     assert [r["path"] for r in server.requests] == ["/DIV2K_test_LR_bicubic_X4.zip"]
+
+
+def test_div2k_train_split_is_where_the_recipe_reads_it(server, tmp_path, capsys):
+    ids = range(1, 801)
+    hr = {f"DIV2K_train_HR/{i:04d}.png": _png(8, 4, i) for i in ids}
+    lr = {f"DIV2K_train_LR_bicubic/X4/{i:04d}x4.png": _png(2, 1, i) for i in ids}
+    server.files["/DIV2K_train_HR.zip"] = _zip_bytes(hr)
+    server.files["/DIV2K_train_LR_bicubic_X4.zip"] = _zip_bytes(lr)
+    server.drop_after = 5000  # the first download breaks off; the command resumes it
+    argv = ["--data_dir", str(tmp_path), "--splits", "train", "--base_url", server.url, "--no_progress"]
+    with pytest.raises(UserError, match="re-run the same command to resume"):
+        download_div2k.main(argv)
+    assert download_div2k.main(argv) == 0
+    assert "DIV2K train ready, 800 HR/LR x4 pairs" in capsys.readouterr().out
+    assert _siblings(tmp_path) == ["DIV2K_train_HR", "DIV2K_train_LR_bicubic"]
+    from data.prepare import official_lr_path
+
+    first = tmp_path / "DIV2K_train_HR" / "0001.png"
+    assert official_lr_path(first, 4) == tmp_path / "DIV2K_train_LR_bicubic" / "X4" / "0001x4.png"
+    assert server.requests[1]["range"] == "bytes=5000-"
+
+
+# --- data/download_lsdir.py ---------------------------------------------------------------------------------
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def lsdir_shards() -> dict[str, bytes]:
+    """Two shards in LSDIR's layout: 0001000/ in the first, 0002000/ and 0003000/ in the second."""
+    tiny = _png(4, 4, 0)
+    shard = {0: {}, 1: {}}
+    for index in range(1, 3001):
+        shard[0 if index <= 1000 else 1][f"{download_lsdir.image_path(index)}"] = tiny
+    return {f"/lsdir/shard-{k:02d}.tar.gz": _tar_gz(members) for k, members in shard.items()}
+
+
+def test_lsdir_fetches_only_the_shards_it_needs_and_writes_the_list(server, lsdir_shards, tmp_path):
+    server.files.update(lsdir_shards)
+    server.drop_after = 3000  # the first shard breaks off once: the command resumes it
+    argv = [
+        "--data_dir",
+        str(tmp_path),
+        "--first",
+        "1500",
+        "--base_url",
+        server.url + "/lsdir",
+        "--no_progress",
+    ]
+    with pytest.raises(UserError, match="re-run the same command to resume"):
+        download_lsdir.main(argv)
+    assert not (tmp_path / "LSDIR").exists()
+    assert download_lsdir.main([*argv, "--token", "secret"]) == 0
+    assert server.requests[1]["range"] == "bytes=3000-"
+    assert _siblings(tmp_path) == ["LSDIR", "LSDIR_first1500.txt"]  # archives removed, no temporary folders
+    assert _siblings(tmp_path / "LSDIR") == ["0001000", "0002000"]  # 0003000 is not wanted
+    assert len(list((tmp_path / "LSDIR" / "0002000").iterdir())) == 500
+    from data.prepare import list_hr_images
+
+    listed = list_hr_images([tmp_path / "LSDIR_first1500.txt"])
+    assert len(listed) == 1500 and listed[-1] == tmp_path / "LSDIR" / "0002000" / "0001500.png"
+    requests = len(server.requests)
+    assert download_lsdir.main(argv) == 0  # complete: nothing fetched again
+    assert len(server.requests) == requests
+
+
+def test_lsdir_first_2000_needs_only_what_the_recipe_reads(server, lsdir_shards, tmp_path):
+    server.files.update(lsdir_shards)
+    download_lsdir.download_lsdir(tmp_path, 1000, base_url=server.url + "/lsdir", progress=False)
+    assert [r["path"] for r in server.requests] == ["/lsdir/shard-00.tar.gz"]
+
+
+def test_lsdir_corrupt_shard_is_one_error_and_leaves_no_folder(server, lsdir_shards, tmp_path):
+    data = bytearray(lsdir_shards["/lsdir/shard-00.tar.gz"])
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    server.files["/lsdir/shard-00.tar.gz"] = bytes(data)
+    with pytest.raises(
+        UserError, match="shard-00.tar.gz: not a readable tar.gz archive .*delete .* and re-run"
+    ):
+        download_lsdir.download_lsdir(tmp_path, 10, base_url=server.url + "/lsdir", progress=False)
+    assert _siblings(tmp_path) == ["LSDIR_archives"]
+
+
+def test_lsdir_member_larger_than_an_image_is_refused(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(download_lsdir, "MAX_IMAGE_BYTES", 100)
+    server.files["/lsdir/shard-00.tar.gz"] = _tar_gz({"0001000/0000001.png": _png(64, 64, 1)})
+    with pytest.raises(UserError, match="0000001.png declares .* bytes, not an LSDIR image"):
+        download_lsdir.download_lsdir(tmp_path, 1, base_url=server.url + "/lsdir", progress=False)
+    assert not (tmp_path / "LSDIR" / "0001000").exists()
+
+
+def test_lsdir_gated_download_says_how_to_authenticate(server, tmp_path):
+    with pytest.raises(UserError, match="HTTP 404"):
+        download_lsdir.download_lsdir(tmp_path, 10, base_url=server.url + "/none", progress=False)

@@ -39,7 +39,10 @@ def _cli_error(argv: list[str], capsys) -> str:
         ('online_fusion: "false"\n', "online_fusion: must be true or false"),
         ("batch_size: many\n", "batch_size: Input should be a valid integer"),
         ("ema_decay: 1\n", "ema_decay: Input should be less than 1"),
-        ("milestones: [8, 5]\n", "milestones: milestones must be strictly increasing iterations (got [8, 5])"),
+        (
+            "milestones: [8, 5]\n",
+            "milestones: milestones must be strictly increasing iterations (got [8, 5])",
+        ),
         ("bach_size: 16\n", "unknown field 'bach_size'; did you mean 'batch_size'?"),
     ],
 )

@@ -41,8 +41,10 @@ def _part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")
 
 
-def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
-    headers = {"User-Agent": USER_AGENT}
+def _open(
+    url: str, offset: int, timeout: float, extra: dict[str, str] | None = None
+) -> http.client.HTTPResponse:
+    headers = {"User-Agent": USER_AGENT, **(extra or {})}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
@@ -66,8 +68,10 @@ def download_file(
     chunk: int = 1 << 20,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    headers: dict[str, str] | None = None,
 ) -> Path:
     """Download `url` to `dest`, resuming `dest.part` if a previous run broke off; verify, then rename.
+    `headers` go with every request (e.g. the authorization a gated dataset asks for).
 
     The size is checked against `size` (when given) and the server's Content-Length, the SHA-256 against
     `sha256` (when given). Raises UserError on network errors (re-running resumes) and on a mismatch (the
@@ -82,7 +86,10 @@ def download_file(
         offset = 0
 
     if size is None or offset < size:
-        _fetch(url, part, offset, size=size, chunk=chunk, progress=progress, timeout=timeout, name=dest.name)
+        _fetch(
+            url, part, offset, size=size, chunk=chunk, progress=progress, timeout=timeout, name=dest.name,
+            headers=headers,
+        )  # fmt: skip
 
     got = part.stat().st_size
     if size is not None and got != size:
@@ -110,12 +117,13 @@ def _fetch(
     progress: bool,
     timeout: float,
     name: str,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Stream the rest of `url` into `part` from `offset`; on return `part` holds the whole file."""
     total: int | None = None
     try:
         try:
-            resp = _open(url, offset, timeout)
+            resp = _open(url, offset, timeout, headers)
         except urllib.error.HTTPError as err:
             if err.code != 416 or not offset:
                 raise
@@ -123,11 +131,11 @@ def _fetch(
                 return  # the partial file is already the whole file (a run stopped just before renaming it)
             part.unlink()  # not a prefix of this file: start over
             offset = 0
-            resp = _open(url, 0, timeout)
+            resp = _open(url, 0, timeout, headers)
         if resp.status == 206 and _content_range(resp.headers.get("Content-Range"))[0] != offset:
             resp.close()  # a range we did not ask for: start over rather than splice wrong bytes
             offset = 0
-            resp = _open(url, 0, timeout)
+            resp = _open(url, 0, timeout, headers)
         with resp:
             length = resp.headers.get("Content-Length")
             length = int(length) if length is not None and length.strip().isdigit() else None
@@ -158,6 +166,11 @@ def _fetch(
                     f.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise UserError(
+                f"{url}: HTTP {err.code} {err.reason}; the file needs an account that accepted its terms "
+                "(pass --token or set HF_TOKEN for Hugging Face)"
+            ) from None
         raise UserError(f"{url}: HTTP {err.code} {err.reason}; check the URL (or the base URL)") from None
     except (OSError, http.client.HTTPException) as err:
         have = part.stat().st_size if part.exists() else 0
