@@ -160,7 +160,10 @@ class ValidationSet(Sequence):
     def __init__(self, folder: Path, scale: int = 4) -> None:
         folder = Path(folder)
         if not folder.is_dir():
-            raise UserError(f"{folder}: no such validation folder; check the path")
+            raise UserError(
+                f"{folder}: no such validation folder; python -m data.download_div2k --data_dir data/ puts DIV2K "
+                "valid where the recipe looks (data/), or pass --val_dirs"
+            )
         hr_dir, lr_dir, lr_name = _find_layout(folder, scale)
         if not lr_dir.is_dir():
             raise UserError(f"{lr_dir}: missing LR folder for {hr_dir}; add the x{scale} LR images")

@@ -31,6 +31,7 @@ from models import LKDN, fuse_model
 from train import state as run_state
 from train.config import TrainConfig
 from train.conv_backward import use_fast_conv_backward
+from train.curves import write_curves
 from train.distributed import DistInfo, barrier, init_distributed, shutdown
 from train.ema import EMA
 from train.native_conv_grad import native_conv_grad_available
@@ -337,6 +338,10 @@ class Trainer:
             save_atomic(self._weights(), self.run_dir / "models" / "best.pth")
             text += " (best)"
         log.info("validation at %d, PSNR_Y of the EMA weights: %s", iteration, text)
+        try:  # the picture of the run so far; a failure to draw it must not end the run
+            write_curves([self.run_dir], self.run_dir / "curves.png")
+        except Exception as err:  # noqa: BLE001 (matplotlib and font errors have no common base)
+            log.warning("could not draw curves.png: %s", err)
         if writer is not None:
             for name, value in scores.items():
                 writer.add_scalar(f"val/psnr_y/{name}", value, iteration)
