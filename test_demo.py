@@ -35,10 +35,10 @@ from utils.files.atomic_write import write_text_atomic
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled
 from utils.files.image_io import read_rgb, read_size, to_tensor, to_uint8, write_rgb
 from utils.image.imresize import matlab_imresize
-from utils.measure.metrics import crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
+from utils.measure.metrics import SSIM_WINDOW, crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
 from utils.measure.model_summary import CHALLENGE_INPUT, summarize
 from utils.measure.timing import PeakMemory, timed_ms
-from utils.runtime.backends import Runner, make_runner
+from utils.runtime.backends import BACKENDS, Runner, make_runner
 from utils.runtime.tiling import tiled_forward
 
 SCALE = 4
@@ -110,7 +110,14 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
             "--tile: this model's attention pools over the whole image, so tiles cannot be exact; "
             "pass --tile_overlap explicitly or run without --tile"
         )
-    return Selected(runner, MODEL_NAME, model, path, overlap or 0, radius)
+    return Selected(runner, result_name(path), model, path, overlap or 0, radius)
+
+
+def result_name(checkpoint: Path) -> str:
+    """The key of a run in results.json and results.txt: the team's entry for the bundled weights (in either
+    format), `<entry>@<file stem>` for any other checkpoint, so measuring one never overwrites the entry's row."""
+    bundled = {BUNDLED_CHECKPOINT.resolve(), BUNDLED_CHECKPOINT.with_suffix(".safetensors").resolve()}
+    return MODEL_NAME if checkpoint.resolve() in bundled else f"{MODEL_NAME}@{checkpoint.stem}"
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -224,6 +231,18 @@ def forward(runner: Runner, lr: torch.Tensor, tile: int | None, overlap: int) ->
     return tiled_forward(runner, lr, tile, overlap, SCALE)
 
 
+def _check_measurable(hr_path: Path, with_ssim: bool) -> None:
+    """An HR image large enough for the metrics inside the border (checked from its header, before any run)."""
+    height, width = (side // SCALE * SCALE for side in read_size(hr_path))
+    needed = 2 * BORDER + (SSIM_WINDOW if with_ssim else 1)
+    if min(height, width) < needed:
+        what = "SSIM" if with_ssim else "PSNR"
+        raise UserError(
+            f"{hr_path}: {width}x{height} pixels (cropped to x{SCALE}) leave too little inside the {BORDER}-pixel "
+            f"border for {what}; it needs {needed} on a side: remove the image from the set"
+        )
+
+
 def _load_pair(lr_path: Path, hr_path: Path) -> tuple[np.ndarray, np.ndarray]:
     lr, hr = read_rgb(lr_path), crop_to_multiple(read_rgb(hr_path), SCALE)
     if hr.shape[:2] != (lr.shape[0] * SCALE, lr.shape[1] * SCALE):
@@ -244,6 +263,8 @@ def run(
     psnr_fn, ssim_fn = (psnr_y, ssim_y) if y_channel else (psnr_rgb, ssim)
     with_ssim = args.ssim or y_channel
     out_dir = save_dir / selected.name / mode
+    for _, hr_path in pairs:
+        _check_measurable(hr_path, with_ssim)
     runtimes, psnrs, ssims = [], [], []
     memory = PeakMemory(device)
     if device.type == "cpu":
@@ -310,7 +331,12 @@ def _read_results(path: Path) -> dict:
         raise UserError(
             f"{path}: not a readable results.json; move it away or choose another --save_dir"
         ) from None
-    return results if isinstance(results, dict) else {}
+    if not isinstance(results, dict) or not all(isinstance(entry, dict) for entry in results.values()):
+        raise UserError(
+            f"{path}: not a results.json of this script (a mapping of model name to figures); move it away or "
+            "choose another --save_dir"
+        )
+    return results
 
 
 def _fmt(value, spec: str) -> str:
@@ -415,8 +441,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--benchmark_dir", type=Path, help="paper-table mode: Set5/, Set14/, B100/ ... (Y channel)"
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", default="auto", help="inference backend (utils.runtime.backends)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a CUDA GPU when there is one"
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="how the network runs: auto (native on a CPU, else the module), reference, fast, native (C++ "
+        "kernels, CPU), onnxruntime (default: auto)",
+    )
     p.add_argument("--tile", type=int, help="run in LR tiles of this size (for large inputs)")
     p.add_argument(
         "--tile_overlap",

@@ -34,6 +34,8 @@ from utils.measure.timing import PeakMemory, timed_ms
 from utils.runtime.backends import make_runner
 
 ROOT = Path(__file__).resolve().parents[1]
+# results are keyed by what ran: the entry's name for the bundled weights, <entry>@<file stem> for others
+AUTHORS_KEY, KIT_KEY, TINY_KEY = (f"{MODEL_NAME}@{stem}" for stem in ("LKDN-S_del_rep_x4", "LKDN-S_x4", "t"))
 KIT_FIELDS = ("runtime", "psnr", "ave_runtime", "ave_psnr", "memory", "ssim", "ave_ssim")
 COMPLEXITY_FIELDS = ("activations", "num_conv", "flops", "num_parameters")
 
@@ -89,7 +91,7 @@ def authors_benchmark(reference_dir, benchmark_dir, tmp_path_factory):
             save_dir,
         )
     )
-    return proc, json.loads((save_dir / "results.json").read_text())[MODEL_NAME], save_dir
+    return proc, json.loads((save_dir / "results.json").read_text())[AUTHORS_KEY], save_dir
 
 
 @pytest.mark.slow
@@ -110,7 +112,7 @@ def test_benchmark_numbers_are_in_results_json(authors_benchmark):
         assert (
             len(r["psnr_y_per_image"])
             == r["num_images"]
-            == len(list((save_dir / MODEL_NAME / name).glob("*.png")))
+            == len(list((save_dir / AUTHORS_KEY / name).glob("*.png")))
         )
         assert r["psnr_y"] == pytest.approx(np.mean(r["psnr_y_per_image"]), abs=1e-12)
     assert entry["benchmark_info"]["border"] == 4
@@ -179,7 +181,7 @@ def kit_run(standin_data, reference_dir, tmp_path_factory):
 def test_complexity_figures_of_the_fused_model_that_ran(kit_run):
     """The training-form checkpoint was passed: the figures must be those of the fused form that runs."""
     lkdn, _, save_dir, results = kit_run
-    entry = results[MODEL_NAME]
+    entry = results[KIT_KEY]
     assert f"{entry['num_parameters']:.3f}" == "0.129"
     assert f"{entry['flops']:.2f}" == "8.29"
     assert f"{entry['activations']:.2f}" == "202.70"
@@ -188,7 +190,7 @@ def test_complexity_figures_of_the_fused_model_that_ran(kit_run):
     assert re.search(r"FLOPs \[G\] : 8\.29 .*conv multiply-accumulates on 1x3x256x256", lkdn.stdout)
     assert re.search(r"Acts \[M\] : 202\.70", lkdn.stdout) and re.search(r"Conv : 86$", lkdn.stdout, re.M)
     row = next(
-        line for line in (save_dir / "results.txt").read_text().splitlines() if line.startswith(MODEL_NAME)
+        line for line in (save_dir / "results.txt").read_text().splitlines() if line.startswith(KIT_KEY)
     )
     cells = [cell.strip() for cell in row.split("\t")]  # ..., Params [M], FLOPs [G], Acts [M], Mem [M], Conv
     assert (cells[6], cells[7], cells[8], cells[10]) == ("0.129", "8.29", "202.70", "86")
@@ -196,7 +198,7 @@ def test_complexity_figures_of_the_fused_model_that_ran(kit_run):
 
 def test_results_json_has_the_kit_fields(kit_run):
     _, _, _, results = kit_run
-    assert set(results) == {MODEL_NAME, "bicubic"}
+    assert set(results) == {KIT_KEY, "bicubic"}
     for name in results:
         entry = results[name]
         for mode, count in (("valid", 3), ("test", 1)):
@@ -222,9 +224,9 @@ def test_results_txt_has_the_kit_columns(kit_run):
         "Params [M]", "FLOPs [G]", "Acts [M]", "Mem [M]", "Conv",
     ]  # fmt: skip
     cells = {row.split("\t")[0].strip(): [c.strip() for c in row.split("\t")] for row in rows}
-    assert set(cells) == {MODEL_NAME, "bicubic"}
-    entry = results[MODEL_NAME]
-    assert cells[MODEL_NAME][1:3] == [f"{entry['valid_ave_psnr']:.2f}", f"{entry['test_ave_psnr']:.2f}"]
+    assert set(cells) == {KIT_KEY, "bicubic"}
+    entry = results[KIT_KEY]
+    assert cells[KIT_KEY][1:3] == [f"{entry['valid_ave_psnr']:.2f}", f"{entry['test_ave_psnr']:.2f}"]
     assert cells["bicubic"][6:9] == ["n/a", "n/a", "n/a"]
 
 
@@ -238,23 +240,21 @@ def test_psnr_is_the_kit_psnr_of_the_saved_images_and_beats_bicubic(kit_run, sta
         for i, name in enumerate(names):
             lr_name = f"{name}x4.png" if mode == "valid" else f"{name}.png"
             hr = crop_to_multiple(read_rgb(standin_data / hr_dir / f"{name}.png"), 4)
-            sr = read_rgb(save_dir / MODEL_NAME / mode / lr_name)
-            assert psnr_rgb(sr, hr, border=4) == pytest.approx(
-                results[MODEL_NAME][f"{mode}_psnr"][i], abs=1e-9
-            )
+            sr = read_rgb(save_dir / KIT_KEY / mode / lr_name)
+            assert psnr_rgb(sr, hr, border=4) == pytest.approx(results[KIT_KEY][f"{mode}_psnr"][i], abs=1e-9)
             bicubic = matlab_imresize(read_rgb(standin_data / lr_dir / lr_name), 4)
             assert psnr_rgb(bicubic, hr, border=4) == pytest.approx(
                 results["bicubic"][f"{mode}_psnr"][i], abs=1e-9
             )
-            assert results[MODEL_NAME][f"{mode}_psnr"][i] > results["bicubic"][f"{mode}_psnr"][i] + 0.5
+            assert results[KIT_KEY][f"{mode}_psnr"][i] > results["bicubic"][f"{mode}_psnr"][i] + 0.5
 
 
 def test_output_says_how_it_measured_and_logs_it(kit_run):
     lkdn, _, save_dir, results = kit_run
     assert "not comparable to the challenge's GPU times" in lkdn.stdout
     assert "peak resident memory of the whole process during inference" in lkdn.stdout
-    assert "backend " + results[MODEL_NAME]["backend"] in lkdn.stdout
-    log = (save_dir / f"{MODEL_NAME}.log").read_text()
+    assert "backend " + results[KIT_KEY]["backend"] in lkdn.stdout
+    log = (save_dir / f"{KIT_KEY}.log").read_text()
     assert "Val PSNR" in log and "FLOPs [G] : 8.29" in log
     assert "valid" in lkdn.stderr and "img" in lkdn.stderr  # the progress bar
 
@@ -282,11 +282,11 @@ def test_tile_option_gives_the_whole_image_results(tiny_checkpoint, tmp_path):
     common = ["--data_dir", str(data), "--model_path", str(tiny_checkpoint), "--allow_partial"]
     assert test_demo.main([*common, "--save_dir", str(tmp_path / "whole")]) == 0
     assert test_demo.main([*common, "--save_dir", str(tmp_path / "tiled"), "--tile", "12"]) == 0
-    whole = read_rgb(tmp_path / "whole" / MODEL_NAME / "valid" / "0801x4.png").astype(int)
-    tiled = read_rgb(tmp_path / "tiled" / MODEL_NAME / "valid" / "0801x4.png").astype(int)
+    whole = read_rgb(tmp_path / "whole" / TINY_KEY / "valid" / "0801x4.png").astype(int)
+    tiled = read_rgb(tmp_path / "tiled" / TINY_KEY / "valid" / "0801x4.png").astype(int)
     assert np.abs(whole - tiled).max() <= 1  # float differences below 1e-5 can flip a rounding, nothing more
     assert np.mean(whole != tiled) < 1e-3
-    log = (tmp_path / "tiled" / f"{MODEL_NAME}.log").read_text()
+    log = (tmp_path / "tiled" / f"{TINY_KEY}.log").read_text()
     assert "tile 12 (overlap 15 LR pixels)" in log
 
 
@@ -431,3 +431,54 @@ def test_peak_memory_sees_an_allocation_and_keeps_the_maximum(path, monkeypatch)
         pass
     assert memory.peak_mb >= baseline.peak_mb + 200
     assert "(CPU)" in memory.label
+
+
+def test_two_checkpoints_keep_their_own_rows(tiny_checkpoint, tmp_path):
+    """Measuring another checkpoint never overwrites the entry's row: results are keyed by what ran."""
+    data = tmp_path / "data"
+    _tiny_pair(data)
+    other = save_atomic(torch.load(tiny_checkpoint, weights_only=True), tmp_path / "other.pth")
+    save = ["--save_dir", str(tmp_path / "out"), "--data_dir", str(data), "--allow_partial"]
+    assert test_demo.main([*save, "--model_path", str(tiny_checkpoint)]) == 0
+    assert test_demo.main([*save, "--model_path", str(other)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results) == {TINY_KEY, f"{MODEL_NAME}@other"}
+    assert test_demo.result_name(BUNDLED_CHECKPOINT) == MODEL_NAME
+    assert test_demo.result_name(BUNDLED_CHECKPOINT.with_suffix(".safetensors")) == MODEL_NAME
+    rows = (tmp_path / "out" / "results.txt").read_text()
+    assert TINY_KEY in rows and f"{MODEL_NAME}@other" in rows
+
+
+@pytest.mark.parametrize("with_ssim", [False, True])
+def test_an_image_too_small_to_measure_is_one_line(tiny_checkpoint, tmp_path, with_ssim):
+    size = 16 if with_ssim else 8  # PSNR needs 9 pixels a side after cropping, SSIM 19
+    _tiny_pair(tmp_path, lr_size=(size // 4, size // 4), hr_size=(size, size))
+    args = [
+        "--data_dir",
+        tmp_path,
+        "--model_path",
+        tiny_checkpoint,
+        "--allow_partial",
+        "--save_dir",
+        tmp_path / "o",
+    ]
+    line = _error_line(run_demo(*args, *(["--ssim"] if with_ssim else [])))
+    assert "0801.png" in line and f"for {'SSIM' if with_ssim else 'PSNR'}; it needs" in line
+
+
+def test_a_results_json_of_another_shape_is_refused_before_anything_is_written(tiny_checkpoint, tmp_path):
+    _tiny_pair(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"team01_LKDN": [1, 2, 3]}')
+    line = _error_line(run_demo("--data_dir", tmp_path / "data", "--model_path", tiny_checkpoint, "--allow_partial",
+                                "--save_dir", out))  # fmt: skip
+    assert "results.json: not a results.json of this script" in line
+    assert (out / "results.json").read_text() == '{"team01_LKDN": [1, 2, 3]}' and not (
+        out / "results.txt"
+    ).exists()
+
+
+def test_help_lists_the_backends_and_devices():
+    text = run_demo("--help").stdout
+    assert all(name in text for name in ("reference", "fast", "native", "onnxruntime", "cuda"))

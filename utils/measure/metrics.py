@@ -15,6 +15,7 @@ _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
 _SSIM_WINDOW = 11
+SSIM_WINDOW = _SSIM_WINDOW  # an image needs at least this many pixels per side inside its border for SSIM
 _SSIM_SIGMA = 1.5
 
 
