@@ -3,7 +3,9 @@
 Serves in-memory files on 127.0.0.1 (a free port) from a thread. `drop_after` makes the next response stop
 after that many body bytes and close the connection (a broken download); `ignore_range` answers 200 with
 the whole file as servers without Range support do; `stall_after` makes the next response stop sending after
-that many bytes but keep the connection open (until the server shuts down), so that the client times out.
+that many bytes but keep the connection open (until the server shuts down), so that the client times out;
+`trickle` (seconds) sends the next response one byte at a time with that pause between bytes, so that no
+single read ever times out while the transfer as a whole crawls.
 Every request's path and Range header is recorded.
 """
 
@@ -25,6 +27,7 @@ class FileServer(ThreadingHTTPServer):
         self.ignore_range = False
         self.drop_after: int | None = None
         self.stall_after: int | None = None
+        self.trickle: float | None = None
         self.release = threading.Event()  # set on shutdown: ends stalled responses
         self.requests: list[dict[str, str | None]] = []
         self.lock = threading.Lock()
@@ -47,6 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
             srv.requests.append({"path": self.path, "range": range_header})
             drop_after, srv.drop_after = srv.drop_after, None
             stall_after, srv.stall_after = srv.stall_after, None
+            trickle, srv.trickle = srv.trickle, None
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
@@ -76,6 +80,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[:stall_after])
             self.wfile.flush()
             srv.release.wait(timeout=30)
+            self.close_connection = True
+            return
+        if trickle is not None:
+            for index in range(len(body)):
+                if srv.release.wait(timeout=trickle):
+                    break
+                try:
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    break
             self.close_connection = True
             return
         self.wfile.write(body)

@@ -186,7 +186,7 @@ def test_extraction_failing_midway_leaves_no_folder(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_two_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match="No space left on device\\); free disk space and re-run"):
         extract_zip(zip_path, tmp_path / "out")
     assert _siblings(tmp_path) == ["a.zip"]
 
@@ -376,3 +376,59 @@ def test_lsdir_member_larger_than_an_image_is_refused(server, tmp_path, monkeypa
 def test_lsdir_gated_download_says_how_to_authenticate(server, tmp_path):
     with pytest.raises(UserError, match="HTTP 404"):
         download_lsdir.download_lsdir(tmp_path, 10, base_url=server.url + "/none", progress=False)
+
+
+# --- faults: a crawling server, oversized members, a full disk -----------------------------------------------
+
+
+def test_a_crawling_server_is_given_up_and_the_bytes_kept(server, tmp_path, monkeypatch):
+    """One byte every 50 ms never trips the per-read timeout; the minimum rate over a window does."""
+    from utils.files import download
+
+    monkeypatch.setattr(download, "RATE_WINDOW", 0.5)
+    monkeypatch.setattr(download, "MIN_RATE", 100.0)
+    payload = _payload(5000)
+    server.files["/f.bin"] = payload
+    server.trickle = 0.05
+    with pytest.raises(UserError, match=r"bytes/s over the last 0.5 s, below 100; \d+ bytes kept: re-run"):
+        _get(server, tmp_path / "f.bin")
+    kept = (tmp_path / "f.bin.part").stat().st_size
+    assert 0 < kept < 100
+    assert _get(server, tmp_path / "f.bin").read_bytes() == payload  # the re-run resumes
+    assert server.requests[-1]["range"] == f"bytes={kept}-"
+
+
+def test_a_transfer_past_the_deadline_is_given_up(server, tmp_path, monkeypatch):
+    from utils.files import download
+
+    monkeypatch.setattr(download, "DEADLINE", 0.2)
+    server.files["/f.bin"] = _payload(2000)
+    server.trickle = 0.02
+    with pytest.raises(UserError, match="still downloading after .* h; re-run the same command to resume"):
+        _get(server, tmp_path / "f.bin")
+
+
+def test_a_zip_member_larger_than_any_expected_file_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("d/big.png", bytes(300_000))  # compresses to almost nothing: a bomb in miniature
+    data = buffer.getvalue()
+    (tmp_path / "bomb.zip").write_bytes(data)
+    assert len(data) < 5_000
+    with pytest.raises(UserError, match="big.png declares 300000 bytes, more than any file it should hold"):
+        extract_zip(tmp_path / "bomb.zip", tmp_path / "out", max_member_bytes=100_000)
+    assert _siblings(tmp_path) == ["bomb.zip"]
+
+
+def test_a_full_disk_during_extraction_is_one_error_and_no_folder(tmp_path, monkeypatch):
+    (tmp_path / "ok.zip").write_bytes(_zip_bytes({"d/1.txt": b"one", "d/2.txt": b"two"}))
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", full)
+    with pytest.raises(
+        UserError, match="cannot extract ok.zip here \\(No space left on device\\); free disk space"
+    ):
+        extract_zip(tmp_path / "ok.zip", tmp_path / "out")
+    assert _siblings(tmp_path) == ["ok.zip"]

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -26,6 +27,10 @@ from utils.errors import UserError
 
 USER_AGENT = "lkdn-downloader/1.0 (+urllib)"
 DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a request counts as failed
+MIN_RATE = 1024.0  # bytes per second, averaged over RATE_WINDOW: slower than this, a transfer is given up
+RATE_WINDOW = 60.0  # seconds
+DEADLINE = 24 * 3600.0  # seconds one transfer may take at most, however steadily it crawls
+MAX_MEMBER_BYTES = 256 << 20  # no image of a dataset here comes near it; a larger member is not what we want
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -158,6 +163,7 @@ def _fetch(
                 disable=not progress,
                 leave=False,
             )
+            pace = _Pace(url, part)
             with open(part, "ab" if start else "wb") as f, bar:
                 read = getattr(
                     resp, "read1", resp.read
@@ -165,6 +171,7 @@ def _fetch(
                 while block := read(chunk):
                     f.write(block)
                     bar.update(len(block))
+                    pace.check(len(block))
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
             raise UserError(
@@ -191,12 +198,39 @@ def _fetch(
         raise UserError(f"{url}: received {got} bytes, more than the {total} announced; re-run to start over")
 
 
+class _Pace:
+    """Gives up a transfer slower than MIN_RATE over RATE_WINDOW, or longer than DEADLINE (a server that sends
+    a byte now and then never trips the per-read timeout). What arrived is kept: re-running resumes."""
+
+    def __init__(self, url: str, part: Path) -> None:
+        self.url, self.part = url, part
+        self.started = self.window_start = time.monotonic()
+        self.window_bytes = 0
+
+    def check(self, received: int) -> None:
+        now = time.monotonic()
+        self.window_bytes += received
+        if now - self.started > DEADLINE:
+            raise UserError(
+                f"{self.url}: still downloading after {DEADLINE / 3600:g} h; re-run the same command to resume"
+            )
+        if now - self.window_start >= RATE_WINDOW:
+            rate = self.window_bytes / (now - self.window_start)
+            if rate < MIN_RATE:
+                raise UserError(
+                    f"{self.url}: {rate:.0f} bytes/s over the last {RATE_WINDOW:g} s, below {MIN_RATE:.0f}; "
+                    f"{self.part.stat().st_size} bytes kept: re-run the same command to resume"
+                )
+            self.window_start, self.window_bytes = now, 0
+
+
 def extract_zip(
     zip_path: Path,
     dest_dir: Path,
     *,
     expected_members: Iterable[str] | None = None,
     subdir: str | None = None,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Path:
     """Verify `zip_path` (CRCs, expected members); extract it so `dest_dir` appears complete or not at all.
 
@@ -216,6 +250,12 @@ def extract_zip(
             for name in names:
                 if name.startswith(("/", "\\")) or ".." in Path(name).parts:
                     raise UserError(f"{zip_path}: unsafe member path {name!r}; {fix} from the official site")
+            for info in zf.infolist():
+                if info.file_size > max_member_bytes:
+                    raise UserError(
+                        f"{zip_path}: {info.filename} declares {info.file_size} bytes, more than any file it should "
+                        f"hold ({max_member_bytes}); {fix} from the official site"
+                    )
             missing = sorted(set(expected_members or ()) - names)
             if missing:
                 shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -223,7 +263,13 @@ def extract_zip(
             dest_dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.extracting.", dir=dest_dir.parent))
             try:
-                zf.extractall(tmp)
+                try:  # zipfile checks each member's CRC and its actual size against the declared one
+                    zf.extractall(tmp)
+                except OSError as err:
+                    raise UserError(
+                        f"{dest_dir}: cannot extract {zip_path.name} here ({err.strerror or err}); free disk space "
+                        "and re-run"
+                    ) from None
                 src = tmp / subdir if subdir else tmp
                 if not src.is_dir():
                     raise UserError(f"{zip_path}: has no folder {subdir}; {fix}")
