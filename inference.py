@@ -92,7 +92,9 @@ def parse_memory(text: str) -> int:
 
 
 def format_bytes(n: float) -> str:
-    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB" if n >= 1024**2 else f"{n / 1024:.0f} KiB"
 
 
 # ----------------------------------------------------------------------------------------------------- network
@@ -134,8 +136,16 @@ class Upscaler:
     per_pixel: int  # estimated bytes of working memory per LR pixel
     max_memory: int
 
-    def tile_for(self, height: int, width: int) -> int:
-        return plan_tile(height, width, self.radius, self.per_pixel, self.max_memory)
+    def tile_for(self, height: int, width: int, sample_bytes: int = 1) -> int:
+        """The LR tile for an image, within max_memory less what the whole output needs (it is assembled in
+        full: the tiles' quantized pixels, then one contiguous copy)."""
+        output = 2 * height * width * self.scale**2 * 3 * sample_bytes
+        if output >= self.max_memory:
+            raise UserError(
+                f"--max-memory {format_bytes(self.max_memory)}: the {width * self.scale}x{height * self.scale} "
+                f"output alone needs {format_bytes(output)}; raise --max-memory or upscale a smaller image"
+            )
+        return plan_tile(height, width, self.radius, self.per_pixel, self.max_memory - output)
 
     def run(self, lr: torch.Tensor, tile: int, finish: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
         """The network on a 1x3xHxW CPU tensor, in LR tiles of `tile` pixels; each tile's output goes through
@@ -167,8 +177,8 @@ def upscale_alpha(alpha: np.ndarray, scale: int, tile: int) -> np.ndarray:
 def upscale_image(image: DecodedImage, upscaler: Upscaler) -> tuple[np.ndarray, int]:
     """(the upscaled pixels, ready for write_image, in the image's dtype and layout; the LR tile size used)."""
     height, width = image.rgb.shape[:2]
-    tile = upscaler.tile_for(height, width)
     dtype = image.rgb.dtype
+    tile = upscaler.tile_for(height, width, dtype.itemsize)
 
     def finish(sr: torch.Tensor) -> torch.Tensor:
         return quantize(sr.mean(dim=1, keepdim=True) if image.grayscale else sr, dtype)
@@ -223,11 +233,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max_memory",
         dest="max_memory",
         default=DEFAULT_MAX_MEMORY,
-        help="working memory of one network pass; larger images are tiled to fit (e.g. 512M, 4G; default "
-        f"{DEFAULT_MAX_MEMORY}). The input and output images themselves come on top",
+        help="memory for one image: the network's working memory plus the whole output image; larger images "
+        f"are tiled to fit (e.g. 512M, 4G; default {DEFAULT_MAX_MEMORY}). The decoded input comes on top",
     )
     args = p.parse_args(argv)
     args.max_memory = parse_memory(args.max_memory)
+    if args.output.exists() and not args.output.is_dir():
+        raise UserError(f"-o {args.output}: is a file, not a folder; pass the folder the images go to")
     return args
 
 
@@ -257,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
                 pixels, tile = upscale_image(image, upscaler)
             except (torch.OutOfMemoryError, MemoryError):
                 raise UserError(f"{src}: out of memory; pass a smaller --max-memory") from None
+            except RuntimeError as err:  # the CPU allocator's failure is a plain RuntimeError
+                if "alloc" not in str(err) and "memory" not in str(err):
+                    raise
+                raise UserError(
+                    f"{src}: out of memory ({str(err).splitlines()[0][:80]}); pass a smaller --max-memory"
+                ) from None
             write_image(dst, pixels)
             written[dst.resolve()] = src
             height, width = image.rgb.shape[:2]

@@ -385,6 +385,8 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> dict:
         if key not in state:
             raise KeyError(key)
     num_feat, in_ch4 = state["fea_conv.pw.weight"].shape[:2]
+    if num_feat < 1 or in_ch4 < 4:
+        raise ValueError(f"fea_conv.pw.weight of shape {tuple(state['fea_conv.pw.weight'].shape)}")
     fused = "upsampler.0.weight" in state
     up = state["upsampler.0.weight" if fused else "upsampler.conv3.weight"]
     in_ch = in_ch4 // 4

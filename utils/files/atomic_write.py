@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import secrets
+import time
 from pathlib import Path
 
 import torch
@@ -16,15 +18,19 @@ from utils.errors import UserError
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file in the same folder, then rename over `path`.
 
-    A crash leaves the old file or the new one, never a mix. The file gets the permissions of any new file
+    A crash leaves the old file or the new one, never a mix (the data is fsynced before the rename); temporary
+    files that a killed writer of the same path left are removed. The file gets the permissions of any new file
     (0o666 less the umask), not mkstemp's private 0o600. An OSError becomes a UserError naming the path.
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(path)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
@@ -35,6 +41,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             ) from None
         raise
     return path
+
+
+STALE_SECONDS = 600  # a temporary file this old belongs to a writer that was killed, not to a running one
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Temporary files of `path` that a killed writer (SIGKILL, power loss) left behind."""
+    cutoff = time.time() - STALE_SECONDS
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # another writer may remove it first
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

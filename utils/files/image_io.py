@@ -197,6 +197,16 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(transforms[orientation](img))
 
 
+def _frame_count(path: Path) -> int:
+    """How many frames or pages a GIF, WebP or TIFF holds (1 for the formats that have one)."""
+    if path.suffix.lower() not in (".gif", ".webp", ".tif", ".tiff"):
+        return 1
+    try:
+        return int(cv2.imcount(str(path)))
+    except cv2.error:
+        return 1
+
+
 def read_image(path: str | Path) -> DecodedImage:
     """Decode any 8- or 16-bit image opencv reads (grayscale, RGB, RGBA), upright per its EXIF orientation."""
     path = Path(path)
@@ -218,6 +228,12 @@ def read_image(path: str | Path) -> DecodedImage:
     if img.size == 0:
         raise UserError(
             f"{path}: zero-size image ({img.shape[1]}x{img.shape[0]} pixels); replace or remove it"
+        )
+    frames = _frame_count(path)
+    if frames > 1:
+        raise UserError(
+            f"{path}: an animated or multi-page image ({frames} frames); only one would be upscaled, so export "
+            "the frame you want as a PNG first"
         )
     if img.dtype not in SAMPLE_MAX:
         raise UserError(
