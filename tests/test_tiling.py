@@ -90,3 +90,24 @@ def test_tile_geometry_with_a_local_operator():
 def test_tiled_forward_rejects_bad_arguments(tile, overlap):
     with pytest.raises(ValueError):
         tiled_forward(lambda t: t, torch.zeros(1, 3, 4, 4), tile=tile, overlap=overlap, scale=1)
+
+
+@pytest.mark.parametrize(("blocks", "radius"), [(1, 15), (5, 63)])
+def test_the_radius_is_exactly_enough_in_float64(blocks, radius):
+    """In float64 the tiles equal the whole image to rounding at the receptive radius, and visibly not one
+    pixel short of it: an overlap (or a radius) of radius - 1 fails here, whatever float32 tolerances hide."""
+    torch.manual_seed(blocks)
+    model = LKDN(num_feat=8, num_blocks=blocks, fused=True).double().eval()
+    with torch.no_grad():  # weights large enough that a pixel at the edge of the field moves the output
+        for p in model.parameters():
+            p.mul_(2.0)
+    assert model.receptive_radius() == radius
+    x = torch.rand(1, 3, 8, 3 * radius + 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.inference_mode():
+        whole = model(x)
+        exact = tiled_forward(model, x, tile=20, overlap=model.receptive_radius(), scale=4)
+        short = tiled_forward(model, x, tile=20, overlap=model.receptive_radius() - 1, scale=4)
+    exact_diff, short_diff = ((t - whole).abs().max().item() for t in (exact, short))
+    # measured: 3e-15 / 3e-3 for one block, 4e-14 / 8e-12 for five (the edge's influence fades with depth)
+    assert exact_diff < 1e-12, f"tiled != whole at the radius: {exact_diff:.3g}"
+    assert short_diff > 20 * max(exact_diff, 1e-15), f"radius - 1 looks exact: {short_diff:.3g} vs {exact_diff:.3g}"

@@ -97,6 +97,11 @@ def saved_config(run_dir: Path, iteration: int) -> dict:
     return state["config"]
 
 
+def saved_rng(run_dir: Path, iteration: int) -> dict:
+    """The random generators' states saved with the training state at `iteration`."""
+    return _load(state_path(run_dir, iteration))["rng"]
+
+
 def _load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
