@@ -13,7 +13,7 @@ from utils.runtime.backends import BACKENDS, default_backend, make_runner
 from utils.runtime.fast import CPU_FUSIONS, FastLKDN
 from utils.runtime.native import native_available
 
-ATOL = 1e-4  # the fast path's contract: max abs difference from the module form, float32
+ATOL = 2e-5  # max abs difference from the module form, float32: the contract is 1e-4, measured at most 1.1e-5
 
 # (label, cpu_fusions): the oneDNN-fused variant (what `fast` runs on a CPU) and the plain-op variant (elsewhere)
 VARIANTS = [pytest.param(True, id="onednn-fused"), pytest.param(False, id="plain-ops")]
