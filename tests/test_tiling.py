@@ -110,4 +110,6 @@ def test_the_radius_is_exactly_enough_in_float64(blocks, radius):
     exact_diff, short_diff = ((t - whole).abs().max().item() for t in (exact, short))
     # measured: 3e-15 / 3e-3 for one block, 4e-14 / 8e-12 for five (the edge's influence fades with depth)
     assert exact_diff < 1e-12, f"tiled != whole at the radius: {exact_diff:.3g}"
-    assert short_diff > 20 * max(exact_diff, 1e-15), f"radius - 1 looks exact: {short_diff:.3g} vs {exact_diff:.3g}"
+    assert short_diff > 20 * max(exact_diff, 1e-15), (
+        f"radius - 1 looks exact: {short_diff:.3g} vs {exact_diff:.3g}"
+    )
