@@ -28,6 +28,12 @@ def code(text: str) -> str:
     return rf"\texttt{{{out}}}"
 
 
+def path_lines(paths: list[str]) -> str:
+    """File paths in a narrow table cell: one a line, small type, broken only after a slash when a path is
+    longer than the cell."""
+    return r" \newline ".join(r"{\scriptsize " + code(p) + "}" for p in paths)
+
+
 def number(value: float, spec: str) -> str:
     """`value` formatted with `spec` ("2f", "4f", "3f", "d", ","), for a table cell."""
     if spec == "d":

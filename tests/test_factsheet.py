@@ -7,6 +7,7 @@ run's config.yml and train.log) with distinctive numbers, so each one can be loo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -219,7 +220,7 @@ def test_training_table_is_read_off_the_run(inputs):
     assert rows["CPU core-hours"] == ["--", "at most 4.50"]  # two sessions: threads of the last
     assert rows["Last training loss"][run] == "0.0679 (iteration 100)"
     assert rows["Last validation (PSNR\\_Y, EMA)"][run] == "Set5 29.876, Set14 27.654 (iteration 123)"
-    assert rows["Training data"][run] == r"\texttt{synthetic/\allowbreak{}T91}"
+    assert rows["Training data"][run] == r"{\scriptsize \texttt{synthetic/\allowbreak{}T91}}"
     assert rows["Hardware"][recipe] == "--"
 
 
@@ -327,7 +328,9 @@ def test_without_pdflatex_it_still_writes_the_tex_and_the_zip(inputs, monkeypatc
 
 
 @pytest.mark.skipif(
-    shutil.which("pdflatex") is None, reason="pdflatex is not installed (Debian: texlive-latex-*)"
+    shutil.which("pdflatex") is None
+    and not os.environ.get("CI"),  # CI installs it (.ci/run): never skipped there
+    reason="pdflatex is not installed (Debian: texlive-latex-*)",
 )
 def test_the_pdf_compiles_and_shows_the_inputs(inputs):
     pypdf = pytest.importorskip("pypdf")
@@ -405,3 +408,40 @@ def test_the_committed_factsheet_is_what_its_inputs_generate():
     with zipfile.ZipFile(FACTSHEET_DIR / ZIP_NAME) as archive:
         for name in archive.namelist():
             assert archive.read(name) == (FACTSHEET_DIR / name).read_bytes(), name
+
+
+def test_the_committed_pdf_has_the_team_section():
+    """The NTIRE template's team details, from factsheet/team.yml, read back from the PDF."""
+    text = _committed_text()
+    team = yaml.safe_load((FACTSHEET_DIR / "team.yml").read_text())
+    for field in (team["team_name"], f"{team['leader']}(leader)", *team["members"], *team["codalab_users"],
+                  *team["affiliations"].values(), team["code"]):  # fmt: skip
+        assert re.sub(r"\s+", "", field) in text, field
+    for heading in (
+        "Teamdetails",
+        "Method",
+        "Training",
+        "Testing",
+        "Additionaldata",
+        "Novelty",
+        "Comparison",
+    ):
+        assert heading in text, heading
+    assert "ARCHITECTURE.md" not in text and "referencematerial" not in text
+
+
+def test_a_team_file_missing_a_field_is_one_error(tmp_path):
+    team = yaml.safe_load((FACTSHEET_DIR / "team.yml").read_text())
+    del team["codalab_users"]
+    (tmp_path / "team.yml").write_text(yaml.safe_dump(team))
+    with pytest.raises(MissingFigure, match="team.yml: no codalab_users"):
+        generate(load_manifest(DEFAULT_MANIFEST), TEAM_NUMBER, MODEL_NAME, tmp_path / "team.yml")
+
+
+def test_every_footnote_mark_is_referred_to():
+    """A note under a table is there because a cell or header carries its letter."""
+    for name in ("table_benchmark.tex", "table_challenge.tex", "table_training.tex"):
+        tex = (FACTSHEET_DIR / "generated" / name).read_text()
+        body, _, notes = tex.partition("\\begin{minipage}")
+        for letter in re.findall(r"\\textsuperscript\{([a-z])\}\\,", notes):
+            assert f"\\textsuperscript{{{letter}}}" in body, (name, letter)

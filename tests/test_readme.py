@@ -36,3 +36,29 @@ def test_every_script_the_readme_runs_exists():
     missing = [s for s in scripts if not (ROOT / s).is_file()]
     missing += [m for m in modules if not (ROOT / (m.replace(".", "/") + ".py")).is_file()]
     assert not missing, f"README.md runs files that do not exist: {missing}"
+
+
+INTERNAL = ("the issue", "issue's", "this machine", "the slides", "session", "../shared", "when published")
+
+
+def test_readme_speaks_to_a_stranger():
+    text = (ROOT / "README.md").read_text().lower()
+    found = [word for word in INTERNAL if word in text]
+    assert not found, f"README.md speaks to its builders: {found}"
+
+
+def test_readme_commands_name_only_what_a_user_has_or_creates():
+    """Every path a README command names is in the repository, or a place the commands create or the user
+    brings (data/, benchmark/, model_zoo/authors/, experiments/, photos, outputs)."""
+    text = (ROOT / "README.md").read_text()
+    brought = ("data/", "benchmark", "model_zoo/authors/", "experiments/", "photo", "upscaled/", "runs/", "train_data/",
+               "my_", "scans/", "path/to/", "results", "CHECKPOINT", "weights.", "lkdn_s.onnx", "docs/", "div2k_sample", "out.png")  # fmt: skip
+    for command in re.findall(r"^python [^\n#]*", text, flags=re.M):
+        for token in command.split():
+            if "/" in token and not token.startswith(("-", "http")):
+                path = token.strip("`'\",;()")
+                assert (ROOT / path).exists() or path.startswith(brought), f"{command}: {path}"
+
+
+def test_licence_is_there():
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
