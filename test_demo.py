@@ -7,7 +7,7 @@ Challenge mode (DIV2K valid; DIV2K test with --include_test, the LSDIR + DIV2K t
 PSNR of the uint8 output, HR cropped to a multiple of 4, 4-pixel border, mean over images; forward time per image
 in ms; peak memory; the complexity figures (params, conv FLOPs, activations, convs on 1x3x256x256) of the fused
 model. Writes SR images to save_dir/<model name>/<mode>/, save_dir/results.json (the kit's fields, keyed by model
-name, merged with earlier runs), save_dir/results.txt (the kit's table) and save_dir/<model name>.log.
+name (another checkpoint than the bundled one: <entry>@<file name>), merged with earlier runs), save_dir/results.txt (the kit's table) and save_dir/<model name>.log.
 
 Benchmark mode (--benchmark_dir, folders Set5/, Set14/, B100/, ... each with HR/ and LR_bicubic_x4/): the paper's
 table, PSNR and SSIM on the BT.601 Y channel with a 4-pixel border.
@@ -462,6 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tile must be a positive number of LR pixels")
     if args.tile_overlap is not None and args.tile_overlap < 0:
         p.error("--tile_overlap must be >= 0")
+    if args.save_dir.exists() and not args.save_dir.is_dir():
+        raise UserError(f"--save_dir {args.save_dir}: is a file, not a folder; pass the folder results go to")
     return args
 
 

@@ -165,3 +165,11 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     os.utime(old, (then, then))
     write_bytes_atomic(tmp_path / "out.png", b"the image")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.png.def456.tmp", "out.png"]
+
+
+def test_save_dir_naming_a_file_says_so(tiny, tmp_path):
+    (tmp_path / "results").write_text("")
+    line = _one_line_error(
+        _cli("test_demo.py", "--data_dir", tmp_path, "--model_path", tiny, "--save_dir", tmp_path / "results")
+    )
+    assert "--save_dir" in line and "results: is a file, not a folder" in line
