@@ -44,6 +44,7 @@ def test_a_damaged_cached_library_is_rebuilt_not_loaded(tiny_source, tmp_path, d
     assert native_build.build_and_load(tiny_source).answer() == 42
     (library,) = (tmp_path / "cache").glob("tiny_*.so")
     good = library.read_bytes()
+    library.unlink()  # a new file, not the mapped one rewritten in place (that would SIGBUS this process)
     library.write_bytes(damage(good))
     # in a fresh process: loading a truncated library there would end it with SIGBUS, not an exception
     code = f"from pathlib import Path; from utils.native.build import build_and_load; print(build_and_load(Path({str(tiny_source)!r})).answer())"

@@ -252,6 +252,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         run_state.restore_rng_states(state["rng"])
         self.start, self.best = state["iteration"], state["best"]
+        self.saved_at = self.start  # on disk already: an error before the next step need not save it
         log.info("resumed from %s at iteration %d", source, iteration)
 
     def _weights(self) -> dict:
