@@ -144,7 +144,7 @@ def build_model_from_checkpoint(path: str | Path, fused: bool = True) -> LKDN:
         found = config_from_state_dict(state)
     except KeyError as err:
         raise UserError(f"{path}: not an LKDN checkpoint (no {err}); pass an LKDN .pth") from None
-    except (IndexError, ValueError, ZeroDivisionError):
+    except (IndexError, ValueError):
         raise UserError(
             f"{path}: not an LKDN checkpoint (tensors of impossible shapes); pass an LKDN .pth"
         ) from None

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from models import BUNDLED_CHECKPOINT, LKDN, config_from_state_dict, fuse_model
+from models import BUNDLED_CHECKPOINT
 from utils.errors import UserError, run_cli
-from utils.files.checkpoint import load_state, read_state_dict, save_weights
+from utils.files.checkpoint import build_model_from_checkpoint, read_state_dict, save_weights
 
 SUFFIXES = (".pth", ".safetensors")
 
@@ -25,12 +25,7 @@ def convert(source: Path, output: Path, fused: bool = False) -> Path:
     """Write `source`'s weights to `output` (format by suffix), fused first if asked; verified by reading back."""
     if output.suffix not in SUFFIXES:
         raise UserError(f"{output}: the output should end in .safetensors or .pth")
-    state = read_state_dict(source)
-    if fused:
-        config = config_from_state_dict(state)
-        training = not config.pop("fused")
-        model = load_state(LKDN(**config, fused=not training), state, source)
-        state = (fuse_model(model) if training else model).state_dict()
+    state = build_model_from_checkpoint(source, fused=True).state_dict() if fused else read_state_dict(source)
     save_weights(state, output)
     back = read_state_dict(output)
     if back.keys() != state.keys() or not all(torch.equal(back[k], state[k]) for k in state):
