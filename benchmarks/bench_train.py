@@ -28,30 +28,37 @@ def make_step(
     batch: int,
     lr_patch: int,
     online_fusion: bool = True,
-    bf16: bool = False,
+    precision: str = "fp32",
     channels_last: bool = False,
     fast_conv_backward: bool = False,
     nhwc_gelu: bool = False,
+    device: str = "cpu",
 ):
+    """One training step of LKDN-S on fixed random patches: forward (autocast for bf16 / fp16, fp16 with a
+    gradient scaler), L1 loss, backward, Adam. The step returns its loss as a tensor (no synchronisation)."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = lkdn_s(online_fusion=online_fusion).train().to(memory_format=memory_format)
+    model = lkdn_s(online_fusion=online_fusion).train().to(device, memory_format=memory_format)
     if fast_conv_backward:
         use_fast_conv_backward(model)
     if nhwc_gelu:
         use_nhwc_gelu(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
-    lr = torch.rand(batch, 3, lr_patch, lr_patch).contiguous(memory_format=memory_format)
-    hr = torch.rand(batch, 3, 4 * lr_patch, 4 * lr_patch)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    lr = torch.rand(batch, 3, lr_patch, lr_patch, device=device).contiguous(memory_format=memory_format)
+    hr = torch.rand(batch, 3, 4 * lr_patch, 4 * lr_patch, device=device)
 
-    def step() -> None:
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    def step() -> torch.Tensor:
+        context = torch.autocast(device, dtype=dtype) if dtype else nullcontext()
         with context:
             sr = model(lr)
         loss = (sr.float() - hr).abs().mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
 
     return step
 
@@ -73,7 +80,7 @@ def main() -> None:
     options: dict[str, dict] = {
         "multi-branch fp32": {"online_fusion": False},
         "online-fused fp32": {},
-        "online-fused bf16": {"bf16": True},
+        "online-fused bf16": {"precision": "bf16"},
         "online-fused fp32 NHWC": {"channels_last": True},
         "+ fast conv backward": trainer_cpu,
         "+ NHWC GELU (trainer)": {**trainer_cpu, "nhwc_gelu": True},

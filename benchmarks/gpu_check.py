@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_train import make_step  # this script's folder: the same step bench_train.py times
 
 from models import lkdn_s
 from utils.errors import run_cli
@@ -122,37 +123,21 @@ def _channels_last_runner(model):
 
 
 def training_speed(device: torch.device, batch: int, patch: int, steps: int) -> dict:
-    """Iterations per second of the trainer's step (online-fused LKDN-S, L1, Adam) on random patches."""
+    """Iterations per second of the trainer's step (online-fused LKDN-S, L1, Adam, channels-last) on random
+    patches: benchmarks/bench_train.py's step, on `device`, for each precision."""
     results = {}
     for precision in ("fp32", "bf16", "fp16"):
         if precision == "fp16" and device.type != "cuda":
             continue
-        torch.manual_seed(0)
-        model = lkdn_s().to(device, memory_format=torch.channels_last).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        lr = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
-        hr = torch.rand(batch, 3, 4 * patch, 4 * patch, device=device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-        def step(model=model, optimizer=optimizer, scaler=scaler, lr=lr, hr=hr, dtype=dtype) -> float:
-            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                sr = model(lr)
-            loss = torch.nn.functional.l1_loss(sr.float(), hr)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return loss.item()
-
+        step = make_step(batch, patch, precision=precision, channels_last=True, device=device.type)
         step()  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         for _ in range(steps):
-            loss = step()
-        elapsed = time.perf_counter() - started  # .item() synchronizes every step
+            loss = step().item()  # .item() synchronizes every step
+        elapsed = time.perf_counter() - started
         results[precision] = {
             "iterations_per_s": steps / elapsed,
             "patches_per_s": steps * batch / elapsed,
