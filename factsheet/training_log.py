@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from train.curves import STEP_LINE, VALIDATION_LINE
 from utils.errors import UserError
 from utils.files.yaml_file import read_yaml_mapping
 
@@ -21,9 +22,9 @@ _START = re.compile(
 )
 _IMAGES = re.compile(_STAMP + r"training images: (?P<used>\d+) \((?P<skipped>\d+) skipped")
 _RESUMED = re.compile(_STAMP + r"resumed from ")
-_STEP = re.compile(_STAMP + r"iter (?P<iter>\d+) loss (?P<loss>[-+0-9.eE]+|nan|inf) lr")
+_STEP = re.compile(_STAMP + STEP_LINE)
 _SAVED = re.compile(_STAMP + r"(?:saved iteration|stopping at iteration) (?P<iter>\d+)")
-_VALID = re.compile(_STAMP + r"validation at (?P<iter>\d+), PSNR_Y of the EMA weights: (?P<scores>.*)$")
+_VALID = re.compile(_STAMP + VALIDATION_LINE)
 _EXPORTED = re.compile(_STAMP + r"exported the fused EMA weights")
 
 

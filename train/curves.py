@@ -19,8 +19,11 @@ from pathlib import Path
 from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_bytes_atomic
 
-_STEP = re.compile(r"\biter (\d+) loss ([\d.eE+-]+) lr ([\d.eE+-]+)")
-_VALIDATION = re.compile(r"\bvalidation at (\d+), PSNR_Y of the EMA weights: (.*)")
+# the lines train/trainer.py logs (factsheet/training_log.py reads them too, after their time stamps)
+STEP_LINE = r"iter (?P<iter>\d+) loss (?P<loss>[-+0-9.eE]+|nan|inf) lr (?P<lr>[-+0-9.eE]+|nan|inf)"
+VALIDATION_LINE = r"validation at (?P<iter>\d+), PSNR_Y of the EMA weights: (?P<scores>.*)$"
+_STEP = re.compile(r"\b" + STEP_LINE)
+_VALIDATION = re.compile(r"\b" + VALIDATION_LINE)
 _SCORE = re.compile(r"([^,]+?) ([\d.]+)(?: \(best\))?(?:,|$)")
 
 
@@ -54,11 +57,11 @@ def read_curves(log: Path) -> Curves:
     psnr: dict[str, dict[int, float]] = {}
     for line in text.splitlines():
         if step := _STEP.search(line):
-            iteration = int(step.group(1))
-            loss[iteration], lr[iteration] = float(step.group(2)), float(step.group(3))
+            iteration = int(step["iter"])
+            loss[iteration], lr[iteration] = float(step["loss"]), float(step["lr"])
         elif validation := _VALIDATION.search(line):
-            iteration = int(validation.group(1))
-            for name, value in _SCORE.findall(validation.group(2)):
+            iteration = int(validation["iter"])
+            for name, value in _SCORE.findall(validation["scores"]):
                 psnr.setdefault(name.strip(), {})[iteration] = float(value)
     return Curves(sorted(loss.items()), sorted(lr.items()), {k: sorted(v.items()) for k, v in psnr.items()})
 
