@@ -1,16 +1,22 @@
-// Float vectors of 16 lanes for the C++ kernels (lkdn_cpu.cpp, conv_grad.cpp): GCC/Clang vector extensions,
-// so they compile for any target; built with -march=native they are AVX-512 registers here, and partial
-// vectors use masked moves (through a stack copy they would stall on store forwarding).
+// Float vectors for the C++ kernels (lkdn_cpu.cpp, conv_grad.cpp): GCC/Clang vector extensions, so they compile
+// for any target. A vector is one register of the target: 16 lanes with AVX-512, 8 otherwise (one AVX2 register,
+// or two SSE registers). Wider than a register, the compiler splits every vector op and spills: a 16-lane build
+// ran 2-3x slower than the reference module on an AVX2-only CPU. Partial vectors use masked moves where the
+// target has them (through a stack copy they would stall on store forwarding).
 #pragma once
 
 #include <cstring>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 namespace {
 
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
+#endif
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline vf load(const float* p) {
@@ -19,10 +25,20 @@ inline vf load(const float* p) {
     return v;
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// all ones in lanes [from, to)
+inline __m256i lane_mask(int from, int to) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(to), lane),
+                            _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(from - 1)));
+}
+#endif
 // Lanes [from, to) of p as a vector, the others zero; p + lane is read only for those lanes.
 inline vf load_lanes(const float* p, int from, int to) {
 #if defined(__AVX512F__)
     return vf(_mm512_maskz_loadu_ps(__mmask16(((1u << to) - 1) & ~((1u << from) - 1)), p));
+#elif defined(__AVX2__)
+    return vf(_mm256_maskload_ps(p, lane_mask(from, to)));
 #else
     vf v{};
     std::memcpy(reinterpret_cast<float*>(&v) + from, p + from, (to - from) * sizeof(float));
@@ -34,11 +50,13 @@ inline vf load_lanes(const float* p, int to) { return load_lanes(p, 0, to); }
 inline void store_lanes(float* p, vf v, int from, int to) {
 #if defined(__AVX512F__)
     _mm512_mask_storeu_ps(p, __mmask16(((1u << to) - 1) & ~((1u << from) - 1)), __m512(v));
+#elif defined(__AVX2__)
+    _mm256_maskstore_ps(p, lane_mask(from, to), __m256(v));
 #else
     std::memcpy(p + from, reinterpret_cast<const float*>(&v) + from, (to - from) * sizeof(float));
 #endif
 }
-inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+inline vf splat(float s) { return vf{} + s; }
 constexpr int round_up(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 }  // namespace

@@ -22,11 +22,12 @@ from utils.native.build import KernelUnavailable, NativeLibrary
 from utils.runtime.fast import FastLKDN
 
 SOURCE = Path(__file__).with_name("kernels") / "lkdn_cpu.cpp"
-LANES = 16  # the kernel's vector width in floats; padded widths are multiples of it
 
 
 def _round_up(n: int) -> int:
-    return -(-n // LANES) * LANES
+    """n padded to whole vectors of the kernel's width (16 floats with AVX-512, else 8)."""
+    lanes = load_kernel().lkdn_lanes()
+    return -(-n // lanes) * lanes
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -37,6 +38,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_tail_params_size.argtypes = [i32, i32]
     lib.lkdb_forward.restype = i32
     lib.lkdb_forward.argtypes = [ptr, ptr, i32, i32, i32, i32, ptr, ctypes.c_float, i32]
+    lib.lkdn_lanes.restype = i32
+    lib.lkdn_lanes.argtypes = []
     lib.lkdn_gelu.restype = None
     lib.lkdn_gelu.argtypes = [ptr, ptr, ctypes.c_long]
     lib.lkdn_tail.restype = i32

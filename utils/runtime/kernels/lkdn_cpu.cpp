@@ -21,8 +21,9 @@
 // (matrix products read only real input channels, depthwise steps are lane-wise, LayerNorm masks them).
 // Bias, GELU, the attention product and LayerNorm are applied to results still in registers.
 //
-// Portable C++17 with GCC/Clang vector extensions: built with -march=native it uses what the CPU has (AVX-512
-// here, with a few intrinsics where they matter), and it is correct on any target (tests build it both ways).
+// Portable C++17 with GCC/Clang vector extensions (utils/native/vector.h): built with -march=native it uses what
+// the CPU has (AVX-512 or AVX2, with a few intrinsics where they matter), and it is correct on any target (tests
+// build it both ways).
 
 #include "vector.h"
 
@@ -38,17 +39,23 @@
 
 namespace {
 
+// vectors the matrix product may keep as accumulators: of a target's 32 AVX-512 or 16 AVX2 registers, what the
+// weights and the broadcast inputs leave (an 8-lane vector without AVX takes two of SSE's 16 registers)
 #if defined(__AVX512F__)
-constexpr int kRegisters = 24;  // vectors of 16 floats the matrix product may keep in registers
+constexpr int kRegisters = 24;
 #elif defined(__AVX__)
-constexpr int kRegisters = 6;
+constexpr int kRegisters = 12;
 #else
-constexpr int kRegisters = 4;
+constexpr int kRegisters = 6;
 #endif
 
 inline float sum_lanes(vf v) {
 #if defined(__AVX512F__)
     return _mm512_reduce_add_ps(__m512(v));
+#elif defined(__AVX2__)
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(__m256(v)), _mm256_extractf128_ps(__m256(v), 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 #else
     float s = 0.0f;
     for (int l = 0; l < kLanes; ++l) s += v[l];
@@ -166,7 +173,7 @@ inline void matmul_pixels(const Source* sources, int count, int p0, const float*
         const Source src = sources[s];
         const float* in = src.base + size_t(p0) * src.stride;
         // the next pixels' inputs, which may come from memory: one cache line of 16 floats at a time
-        for (int f = P * src.stride; f < 2 * P * src.stride; f += kLanes) __builtin_prefetch(in + f);
+        for (int f = P * src.stride; f < 2 * P * src.stride; f += 16) __builtin_prefetch(in + f);
         for (int i = 0; i < CIN; ++i) {
             vf wv[NV];
             for (int v = 0; v < NV; ++v) wv[v] = load(src.w + (size_t(i) * NV + v) * kLanes);
@@ -444,11 +451,11 @@ struct Block {
 // After the blocks: trunk = GELU(c1(concat(blocks)) + b); z = c2(trunk) + features; out = pixel_shuffle(up(z)),
 // streamed like a block: c1 and c2's pointwise half (lag 0), c2's depthwise (lag 1), the upsampler's 3x3 conv
 // (lag 2), written straight to the NCHW output in pixel-shuffle order. For 3 output channels at scale 4:
-// the upsampler's 48 outputs are 3 vectors, one per colour, lane 4i + j going to sub-pixel (i, j).
+// the upsampler's output 16 colour + 4i + j goes to that colour's sub-pixel (i, j).
 template <int C>
 struct Tail {
     using S = Widths<C>;
-    static constexpr int NC = S::cp / kLanes, kUp = 3 * 16;
+    static constexpr int NC = S::cp / kLanes, kUp = 3 * 16, NU = kUp / kLanes;
 
     struct TailParams {
         const float *c1_w, *c1_b, *c2_w, *c2_dw, *c2_db, *up_w, *up_b;
@@ -487,8 +494,11 @@ struct Tail {
         size_t plane;
         int width;  // of the output
         void operator()(int p, const vf* a) const {
-            for (int v = 0; v < 3; ++v)
-                for (int i = 0; i < 4; ++i) store_lanes(out + v * plane + size_t(i) * width + 4 * p - 4 * i, a[v], 4 * i, 4 * i + 4);
+            // output o = 16 colour + 4 i + j of the upsampler goes to (colour, row 4y + i, column 4p + j)
+            for (int o = 0; o < kUp; o += 4) {
+                const int v = o / kLanes, lane = o % kLanes, colour = o / 16, i = o % 16 / 4;
+                store_lanes(out + colour * plane + size_t(i) * width + 4 * p - lane, a[v], lane, lane + 4);
+            }
         }
     };
 
@@ -518,7 +528,7 @@ struct Tail {
                                             pr.up_w + size_t(ky * 3 + kx) * S::c * kUp};
                 }
                 const PixelShuffle epi{out + size_t(4 * y) * 4 * w, size_t(16) * h * w, 4 * w};
-                matmul_row<3, S::c>(sources.data(), count, w, pr.up_b, epi);
+                matmul_row<NU, S::c>(sources.data(), count, w, pr.up_b, epi);
             }
         }
     }
@@ -549,7 +559,10 @@ long lkdb_params_size(int channels) {
     }
 }
 
-// GELU as the kernels compute it, on n floats (n a multiple of 16), for tests.
+// Floats in one vector: channel counts are padded to a multiple of it inside the packed weights.
+int lkdn_lanes() { return kLanes; }
+
+// GELU as the kernels compute it, on n floats (n a multiple of lkdn_lanes()), for tests.
 void lkdn_gelu(const float* x, float* y, long n) {
     for (long i = 0; i < n; i += kLanes) store(y + i, gelu(load(x + i)));
 }
