@@ -68,11 +68,14 @@ def test_wide_images_run_in_column_strips_with_the_same_result(random_lkdn_s):
 
 @needs_kernels
 @pytest.mark.parametrize("threads", [2, 3])
-def test_bands_of_rows_give_the_same_output_as_one_pass(random_lkdn_s, threads):
-    """Threads split each image into bands of rows that recompute their halos: the result is bit-identical."""
-    x = torch.rand(2, 3, 53, 21, generator=torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("shape", [(2, 3, 13, 53), (1, 3, 7, 530)], ids=["2x13x53", "7x530-strips"])
+def test_threads_share_each_row_and_give_the_same_output_as_one(random_lkdn_s, threads, shape):
+    """Threads split every step's columns (at least 16 each, so 53 columns take 3) and meet at a barrier per
+    row: the result is bit-identical to one thread's, also across column strips."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(5))
     one = native_output(random_lkdn_s, x, threads=1)
     torch.testing.assert_close(native_output(random_lkdn_s, x, threads=threads), one, atol=0, rtol=0)
+    torch.testing.assert_close(one, reference_output(random_lkdn_s, x), atol=ATOL, rtol=0)
 
 
 @needs_kernels
@@ -207,7 +210,15 @@ def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
         native_lkdn.lkdn_tail([x] * 4 + [x[:, :3]], x, module.packed_tail)
 
 
-def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
-    """A block and the tail at 42 and 56 channels on odd sizes (1x1 to 5x300, batch 1-3, 1-3 threads), built with
+@pytest.mark.parametrize("threads", ["std::thread", "OpenMP"])
+def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads):
+    """A block and the tail at 42 and 56 channels on odd sizes (1x1 to 3x530, batch 1-3, 1-3 threads), built with
     ASan and UBSan: the kernels read raw memory through row rings and masked vector moves."""
-    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread",))
+    flags = ("-pthread",) if threads == "std::thread" else ("-pthread", "-fopenmp")
+    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, flags)
+
+
+def test_the_threads_share_rings_without_a_data_race(tmp_path):
+    """The same harness under ThreadSanitizer: a team's threads write and read the same rings, ordered only by
+    their barrier (OpenMP's runtime is not instrumented, so the std::thread build is the one checked)."""
+    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread",), sanitizers="thread")

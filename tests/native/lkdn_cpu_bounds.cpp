@@ -1,6 +1,6 @@
 // Calls utils/runtime/kernels/lkdn_cpu.cpp (a block and the tail) on odd sizes with buffers of exactly the tensors'
-// sizes, for a build with -fsanitize=address,undefined (tests/test_native_inference.py): any read or write out
-// of bounds fails it.
+// sizes, for a build with -fsanitize=address,undefined or -fsanitize=thread (tests/test_native_inference.py): any
+// read or write out of bounds, or a data race between the threads of a team, fails it.
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -18,7 +18,7 @@ static std::vector<float> rnd(size_t n, float scale) {
     return v;
 }
 int main() {
-    const int sizes[][3] = {{1, 1, 1}, {1, 3, 5}, {2, 17, 9}, {1, 5, 300}, {3, 2, 33}};
+    const int sizes[][3] = {{1, 1, 1}, {1, 3, 5}, {2, 17, 9}, {1, 5, 300}, {3, 2, 33}, {1, 3, 530}};
     for (int c : {42, 56})
         for (auto& size : sizes)
             for (int threads : {1, 2, 3}) {

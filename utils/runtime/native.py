@@ -42,11 +42,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_lanes.argtypes = []
     lib.lkdn_gelu.restype = None
     lib.lkdn_gelu.argtypes = [ptr, ptr, ctypes.c_long]
+    lib.lkdn_features_params_size.restype = ctypes.c_long
+    lib.lkdn_features_params_size.argtypes = [i32]
+    lib.lkdn_features.restype = i32
+    lib.lkdn_features.argtypes = [ptr, ptr, i32, i32, i32, i32, ptr, i32]
     lib.lkdn_tail.restype = i32
     lib.lkdn_tail.argtypes = [ptr, i32, ptr, ptr, i32, i32, i32, i32, ptr, i32]
 
 
-KERNEL = NativeLibrary(SOURCE, declare=_declare)
+KERNEL = NativeLibrary(SOURCE, openmp=True, declare=_declare)
 
 
 def load_kernel() -> ctypes.CDLL:
@@ -107,6 +111,14 @@ def pack_tail(model: FastLKDN) -> Tensor:
     return _concat(parts, load_kernel().lkdn_tail_params_size(c, blocks), f"the tail of {blocks} blocks")
 
 
+def pack_features(model: FastLKDN) -> Tensor:
+    """The shallow features' 3x3 conv (3 -> C, the input repetition folded in) as lkdn_cpu.cpp's (27, C) taps
+    in (channel, ky, kx) order and its bias, zero-padded."""
+    c = model.fea_w.shape[0]
+    parts = _matmul_weights(model.fea_w.reshape(c, -1), model.fea_b, _round_up(c))
+    return _concat(parts, load_kernel().lkdn_features_params_size(c), "the shallow features")
+
+
 def _concat(parts: list[Tensor], expected: int, what: str) -> Tensor:
     packed = torch.cat([p.detach().float().reshape(-1).cpu() for p in parts])
     if packed.numel() != expected:
@@ -118,7 +130,7 @@ def _threads(threads: int | None) -> int:
     return torch.get_num_threads() if threads is None else threads
 
 
-def _check_nhwc(*tensors: Tensor, shape: torch.Size) -> None:
+def _check_tensors(*tensors: Tensor, shape: torch.Size) -> None:
     """The kernels read raw memory: anything but contiguous float32 CPU tensors of `shape` is refused."""
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() or t.shape != shape:
@@ -134,18 +146,30 @@ def lkdb_forward(
     n, h, w, c = x.shape
     out = torch.empty_like(x) if out is None else out
     lib = load_kernel()
-    _check_nhwc(x, out, shape=x.shape)
-    _check_nhwc(params, shape=torch.Size([lib.lkdb_params_size(c)]))
+    _check_tensors(x, out, shape=x.shape)
+    _check_tensors(params, shape=torch.Size([lib.lkdb_params_size(c)]))
     if lib.lkdb_forward(x.data_ptr(), out.data_ptr(), n, h, w, c, params.data_ptr(), eps, _threads(threads)):
         raise ValueError(f"the native kernel does not support {c} channels")
+    return out
+
+
+def lkdn_features(x: Tensor, params: Tensor, channels: int, threads: int | None = None) -> Tensor:
+    """The shallow features of NCHW 3-channel float32 `x`, NHWC, with `pack_features`' weights."""
+    n, _, h, w = x.shape
+    lib = load_kernel()
+    _check_tensors(x, shape=torch.Size([n, 3, h, w]))
+    _check_tensors(params, shape=torch.Size([lib.lkdn_features_params_size(channels)]))
+    out = torch.empty(n, h, w, channels)
+    if lib.lkdn_features(x.data_ptr(), out.data_ptr(), n, h, w, channels, params.data_ptr(), _threads(threads)):
+        raise ValueError(f"the native kernel does not support {channels} channels")
     return out
 
 
 def lkdn_tail(hidden: list[Tensor], feat: Tensor, params: Tensor, threads: int | None = None) -> Tensor:
     """c1 over the blocks' outputs, c2, the x4 upsampler and pixel shuffle: NHWC in, NCHW 3-channel out."""
     n, h, w, c = feat.shape
-    _check_nhwc(feat, *hidden, shape=feat.shape)
-    _check_nhwc(params, shape=torch.Size([load_kernel().lkdn_tail_params_size(c, len(hidden))]))
+    _check_tensors(feat, *hidden, shape=feat.shape)
+    _check_tensors(params, shape=torch.Size([load_kernel().lkdn_tail_params_size(c, len(hidden))]))
     out = torch.empty(n, 3, 4 * h, 4 * w)
     pointers = (ctypes.c_void_p * len(hidden))(*(t.data_ptr() for t in hidden))
     status = load_kernel().lkdn_tail(
@@ -190,6 +214,7 @@ class NativeLKDN(FastLKDN):
             for i, block in enumerate(self.blocks):
                 self.register_buffer(f"packed{i}", pack_block(block))
             self.register_buffer("packed_tail", pack_tail(self))
+            self.register_buffer("packed_features", pack_features(self))
         self._workspace: dict[int, Tensor] = {}  # thread id -> flat float32 buffer
 
     def release_workspace(self) -> None:
@@ -211,7 +236,7 @@ class NativeLKDN(FastLKDN):
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.packed_tail.device.type != "cpu":
             return super().forward(x)
-        feat = self.features(x)
+        feat = lkdn_features(x.contiguous(), self.packed_features, self.fea_w.shape[0])
         hidden = self._block_outputs(feat.shape)
         previous = feat
         for i, (block, out) in enumerate(zip(self.blocks, hidden, strict=True)):

@@ -7,16 +7,19 @@
 //
 //   step (lag)  computes row y = k - lag at pipeline step k
 //   1 (0)   G1 = x @ [r1.pw | c1_d]             -> T1 ring (pre-depthwise), GELU(d1) -> dist ring
-//   2 (1)   r1 = GELU(dw3(T1)); G2 = r1 @ [...]  -> T2 ring, GELU(d2) -> dist ring
-//   3 (2)   r2 = GELU(dw3(T2)); G3               -> T3 ring, GELU(d3) -> dist ring
-//   4 (3)   r3 = GELU(dw3(T3)); r3 @ c4.pw       -> T4 ring
-//   5 (4)   r4 = GELU(dw3(T4)) -> dist ring; u = c5(dist) -> U ring; a0 = lka.pw(u) -> A0 ring
-//   6 (6)   a1 = dw5(A0) -> A1 ring
-//   7 (12)  att = dw5_dilated(A1) * u; out = LayerNorm(c6(att)) + x
+//   2 (2)   r1 = GELU(dw3(T1)); G2 = r1 @ [...]  -> T2 ring, GELU(d2) -> dist ring
+//   3 (4)   r2 = GELU(dw3(T2)); G3               -> T3 ring, GELU(d3) -> dist ring
+//   4 (6)   r3 = GELU(dw3(T3)); r3 @ c4.pw       -> T4 ring
+//   5 (8)   r4 = GELU(dw3(T4)) -> dist ring; u = c5(dist) -> U ring; a0 = lka.pw(u) -> A0 ring
+//   6 (11)  a1 = dw5(A0) -> A1 ring
+//   7 (18)  att = dw5_dilated(A1) * u; out = LayerNorm(c6(att)) + x
 //
-// A band of output rows [r0, r1) needs each step over its rows widened by the remaining receptive field (its
-// "halo": 12 rows for step 1 down to 0 for step 7), so bands are independent: threads take one band each.
-// Wide rows are cut the same way into column strips, so that the rings stay in a core's cache.
+// Each lag exceeds the previous step's by more than the rows its conv reaches, so a pipeline step reads only
+// rows finished in earlier pipeline steps: the threads of a team share the rings, split every step's columns
+// between them, and meet at one barrier per pipeline step. No thread recomputes another's rows, which is what
+// small images need (bands of rows per thread would each recompute a 12-row halo per block).
+// Wide rows are cut into column strips, so that the rings stay in cache; a strip recomputes the 12 columns of
+// halo it needs beside it.
 // Channels are padded to whole vectors inside; pad lanes may hold junk but are never read as channels
 // (matrix products read only real input channels, depthwise steps are lane-wise, LayerNorm masks them).
 // Bias, GELU, the attention product and LayerNorm are applied to results still in registers.
@@ -28,6 +31,8 @@
 #include "vector.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <thread>
@@ -35,6 +40,9 @@
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
 #endif
 
 namespace {
@@ -62,11 +70,15 @@ inline float sum_lanes(vf v) {
     return s;
 #endif
 }
-// a / b: a division is ~10x an FMA's cost, so AVX-512 takes the reciprocal estimate (2^-14) and one Newton
-// step (to float precision)
+// a / b: a division is ~10x an FMA's cost, so AVX-512 and AVX take the reciprocal estimate (2^-14, 2^-12) and
+// one Newton step (to 2^-23 or better)
 inline vf divide(vf a, vf b) {
 #if defined(__AVX512F__)
     vf r = vf(_mm512_rcp14_ps(__m512(b)));
+    r = r * (2.0f - b * r);
+    return a * r;
+#elif defined(__AVX__)
+    vf r = vf(_mm256_rcp_ps(__m256(b)));
     r = r * (2.0f - b * r);
     return a * r;
 #else
@@ -210,13 +222,9 @@ struct Ring {
     size_t floats() const { return size_t(rows) * (width + 2 * kPadX) * lanes; }
 };
 
-// Places `rings` in `memory`, zeroed (columns a step never computes, outside the image, stay zero: the
-// depthwise convs' padding), followed by `scratch` floats, whose start is returned.
-float* place_rings(std::vector<float>& memory, std::initializer_list<Ring*> rings, size_t scratch) {
-    size_t total = scratch;
-    for (Ring* r : rings) total += r->floats();
-    memory.assign(total, 0.0f);
-    float* at = memory.data();
+// Places `rings` one after another from `at` (zeroed by the caller: columns a step never computes, outside the
+// image, stay zero: the depthwise convs' padding); returns where the next data may go.
+float* lay_out(float* at, std::initializer_list<Ring*> rings) {
     for (Ring* r : rings) {
         r->data = at;
         at += r->floats();
@@ -224,16 +232,95 @@ float* place_rings(std::vector<float>& memory, std::initializer_list<Ring*> ring
     return at;
 }
 
-// Whether a step whose halo is `halo` rows computes row y, for output rows [r0, r1) of an h-row image.
-inline bool in_halo(int y, int halo, int r0, int r1, int h) {
-    return y >= std::max(0, r0 - halo) && y < std::min(h, r1 + halo);
+size_t floats(std::initializer_list<Ring*> rings) {
+    size_t total = 0;
+    for (const Ring* r : rings) total += r->floats();
+    return total;
 }
 
+// Threads that work on one image together: `run` starts them, `wait` is the barrier between pipeline steps.
+class Team {
+  public:
+    explicit Team(int size) : size_(std::max(1, size)) {}
+    int size() const { return size_; }
+
+    // Runs fn(member) on every member at once. Built with OpenMP (loaded beside torch, that is torch's own
+    // runtime), the members are the threads of torch's pool: its workers spin for a while after each torch op,
+    // and threads of our own would compete with them for the cores. The runtime may grant fewer threads than
+    // asked (say, when called from inside a parallel region): the team is then that size.
+    template <class Fn>
+    void run(Fn fn) {
+#if defined(_OPENMP)
+        if (size_ > 1) {
+#pragma omp parallel num_threads(size_)
+            {
+#pragma omp single
+                size_ = omp_get_num_threads();  // the end of `single` is a barrier: every member sees it
+                fn(omp_get_thread_num());
+            }
+            return;
+        }
+#endif
+        std::vector<std::thread> others;
+        for (int m = 1; m < size_; ++m) others.emplace_back([&fn, m] { fn(m); });
+        fn(0);
+        for (auto& t : others) t.join();
+    }
+
+    // Returns once every member has called it: a spinning barrier (a pipeline step takes microseconds, too
+    // short to sleep), yielding the core when a member is late (a busy machine may have descheduled it).
+    void wait() {
+        if (size_ == 1) return;
+        const int generation = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
+            arrived_.store(0, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_release);
+            return;
+        }
+        for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+            if (spins < 4000)
+                pause();
+            else
+                std::this_thread::yield();
+        }
+    }
+
+    // Member m's share [lo, hi) of the columns [a, b).
+    void share(int m, int a, int b, int& lo, int& hi) const {
+        lo = a + int(int64_t(b - a) * m / size_);
+        hi = a + int(int64_t(b - a) * (m + 1) / size_);
+    }
+
+  private:
+    static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    int size_;
+    std::atomic<int> arrived_{0}, generation_{0};
+};
+
+// Threads for an image w columns wide: each takes at least 16 columns of every row (fewer are not worth a barrier).
+inline int team_size(int threads, int w) { return std::max(1, std::min(threads, w / 16)); }
+
+// Output pixels a depthwise conv computes at once, per vector of channels: with the K weights and one input
+// they fill the registers (AVX2: 8 + 5 + 1 of 16).
+#if defined(__AVX512F__)
+constexpr int kDepthwisePixels = 16;
+#elif defined(__AVX__)
+constexpr int kDepthwisePixels = 8;
+#else
+constexpr int kDepthwisePixels = 4;
+#endif
+
 // bias + depthwise KxK conv (dilation DIL) of `src` around row y, columns [x0, x1), rows outside [0, h) being
-// zero; the result of column x goes to epi(x - x0, vf[NV]).
+// zero; vector v of column x's result goes to epi(x - x0, v, vf). Channels are independent, so one vector of
+// them at a time, over a chunk of columns small enough to stay in L1: its accumulators and weights fit the
+// registers, and each input vector is loaded once for every tap that reaches it.
 template <int NV, int K, int DIL, class Epi>
 void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w, const float* bias, Epi epi) {
-    constexpr int L = NV * kLanes, P = std::max(1, std::min(8, kRegisters / NV)), R = K / 2 * DIL;
+    constexpr int L = NV * kLanes, Q = kDepthwisePixels, R = K / 2 * DIL, kChunk = 4 * Q;
     const float* rows[K];
     int taps = 0, first = 0;
     for (int ky = 0; ky < K; ++ky) {
@@ -242,74 +329,56 @@ void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w
         if (taps == 0) first = ky;
         rows[taps++] = src.row(yy) - R * L;
     }
-    vf b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = load(bias + v * kLanes);
-    // Q output pixels at once: each input vector is loaded once and used by every tap that reaches it
-    auto run = [&](int x, auto pixels) {
-        constexpr int Q = decltype(pixels)::value;
-        vf acc[Q][NV];
-        for (int q = 0; q < Q; ++q)
-            for (int v = 0; v < NV; ++v) acc[q][v] = b[v];
+    auto run = [&](int x, int v, auto pixels) {
+        constexpr int N = decltype(pixels)::value;
+        vf acc[N];
+        const vf b = load(bias + v * kLanes);
+        for (int q = 0; q < N; ++q) acc[q] = b;
         for (int t = 0; t < taps; ++t) {
-            const float* wt = w + size_t(first + t) * K * L;  // valid rows are contiguous in ky
-            const float* px = rows[t] + size_t(x) * L;
-            for (int v = 0; v < NV; ++v) {
-                vf wk[K];
-                for (int kx = 0; kx < K; ++kx) wk[kx] = load(wt + kx * L + v * kLanes);
+            const float* wt = w + size_t(first + t) * K * L + v * kLanes;  // valid rows are contiguous in ky
+            const float* px = rows[t] + size_t(x) * L + v * kLanes;
+            vf wk[K];
+            for (int kx = 0; kx < K; ++kx) wk[kx] = load(wt + kx * L);
 #pragma GCC unroll 32
-                for (int j = 0; j < Q + (K - 1) * DIL; ++j) {
-                    const vf in = load(px + j * L + v * kLanes);
+            for (int j = 0; j < N + (K - 1) * DIL; ++j) {
+                const vf in = load(px + j * L);
 #pragma GCC unroll 8
-                    for (int kx = 0; kx < K; ++kx) {
-                        const int q = j - kx * DIL;
-                        if (q >= 0 && q < Q) acc[q][v] += wk[kx] * in;
-                    }
+                for (int kx = 0; kx < K; ++kx) {
+                    const int q = j - kx * DIL;
+                    if (q >= 0 && q < N) acc[q] += wk[kx] * in;
                 }
             }
         }
-        for (int q = 0; q < Q; ++q) epi(x + q - x0, acc[q]);
+        for (int q = 0; q < N; ++q) epi(x + q - x0, v, acc[q]);
     };
-    int x = x0;
-    for (; x + P <= x1; x += P) run(x, std::integral_constant<int, P>{});
-    for (; x < x1; ++x) run(x, std::integral_constant<int, 1>{});
+    for (int c0 = x0; c0 < x1; c0 += kChunk) {
+        const int c1 = std::min(x1, c0 + kChunk);
+        for (int v = 0; v < NV; ++v) {
+            int x = c0;
+            for (; x + Q <= c1; x += Q) run(x, v, std::integral_constant<int, Q>{});
+            for (; x < c1; ++x) run(x, v, std::integral_constant<int, 1>{});
+        }
+    }
 }
 
 template <int NV>
 struct Store {  // the plain epilogue: the result as it is, `lanes` floats per pixel
     float* dst;
     int lanes;
+    void operator()(int p, int v, vf a) const { store(dst + size_t(p) * lanes + v * kLanes, a); }
     void operator()(int p, const vf* a) const {
-        for (int v = 0; v < NV; ++v) store(dst + size_t(p) * lanes + v * kLanes, a[v]);
+        for (int v = 0; v < NV; ++v) (*this)(p, v, a[v]);
     }
 };
 
 template <int NV>
 struct StoreGelu {
     float* dst;
+    void operator()(int p, int v, vf a) const { store(dst + (size_t(p) * NV + v) * kLanes, gelu(a)); }
     void operator()(int p, const vf* a) const {
-        for (int v = 0; v < NV; ++v) store(dst + (size_t(p) * NV + v) * kLanes, gelu(a[v]));
+        for (int v = 0; v < NV; ++v) (*this)(p, v, a[v]);
     }
 };
-
-// Runs fn(image, r0, r1) over bands of output rows: enough bands for every thread, each at least 16 rows (a
-// band recomputes its halo rows).
-template <class Fn>
-void in_bands(int n, int h, int threads, Fn fn) {
-    const int per_image = std::max(1, std::min((threads + n - 1) / n, h / 16));
-    const int jobs = n * per_image;
-    auto work = [&](int job) {
-        const int i = job / per_image, b = job % per_image;
-        fn(i, h * b / per_image, h * (b + 1) / per_image);
-    };
-    const int workers = std::max(1, std::min(threads, jobs));
-    std::vector<std::thread> pool;
-    for (int t = 1; t < workers; ++t)
-        pool.emplace_back([&, t] {
-            for (int j = t; j < jobs; j += workers) work(j);
-        });
-    for (int j = 0; j < jobs; j += workers) work(j);
-    for (auto& th : pool) th.join();
-}
 
 constexpr int kStrip = 256;
 
@@ -335,15 +404,18 @@ struct Block {
     struct Times {  // the attention product: a * u
         const float* u;
         float* dst;
-        void operator()(int p, const vf* a) const {
-            for (int v = 0; v < NC; ++v)
-                store(dst + (size_t(p) * NC + v) * kLanes, a[v] * load(u + (size_t(p) * NC + v) * kLanes));
+        void operator()(int p, int v, vf a) const {
+            store(dst + (size_t(p) * NC + v) * kLanes, a * load(u + (size_t(p) * NC + v) * kLanes));
         }
     };
 
-    struct NormResidual {  // LayerNorm over the channels, then + x
+    // LayerNorm over the channels, then + x. A pixel's partial last vector is stored whole, spilling into the
+    // next pixel's channels (written after it: pixels come in order), except at the `last` pixel of the row: a
+    // masked store costs ~10 plain ones on some CPUs (AMD's AVX2).
+    struct NormResidual {
         const float *x, *gamma, *beta, *real;  // real: 1 in the lanes of real channels, else 0
         float* out;
+        int last;
         void operator()(int p, const vf* a) const {  // pad lanes of `a` are exactly zero (zero weights)
             vf sum{};
             for (int v = 0; v < NC; ++v) sum += a[v];
@@ -358,92 +430,103 @@ struct Block {
                 const int n = std::min(kLanes, S::c - v * kLanes);
                 const size_t at = size_t(p) * S::c + v * kLanes;
                 const vf y = centred[v] * rstd * load(gamma + v * kLanes) + load(beta + v * kLanes);
-                store_lanes(out + at, y + load_lanes(x + at, n), 0, n);
+                const vf result = y + load_lanes(x + at, n);
+                if (n == kLanes || p < last)
+                    store(out + at, result);
+                else
+                    store_lanes(out + at, result, 0, n);
             }
         }
         float eps;
     };
 
-    // Runs the block over output rows [r0, r1), columns [c0, c1), of one h x w image. Columns get the same
-    // halos as rows; ring rows hold the strip's columns and 12 more on each side (local column 0 is c0 - 12).
-    static void band(const Params& pr, const float* x, float* out, int h, int w, int r0, int r1, int c0, int c1,
-                     float eps) {
+    // Member `m` of `team` runs its share of the block over columns [c0, c1) of one h x w image (all rows).
+    // Columns get halos: ring rows hold the strip's columns and 12 more on each side (local column 0 is
+    // c0 - 12). The rings live in `memory`, shared by the team; member 0 zeroes them first.
+    static void strip(const Params& pr, const float* x, float* out, int h, int w, int c0, int c1, float eps,
+                      Team& team, int m, std::vector<float>& memory) {
         const int lw = c1 - c0 + 24, base = c0 - 12;
-        Ring t[3] = {{3, lw, S::cp, nullptr}, {3, lw, S::cp, nullptr}, {3, lw, S::cp, nullptr}};
-        Ring t4{3, lw, S::dp, nullptr}, dist{5, lw, S::dist, nullptr}, u{9, lw, S::cp, nullptr};
-        Ring a0{5, lw, S::cp, nullptr}, a1{13, lw, S::cp, nullptr};
-        std::vector<float> memory;
-        // then one row of a depthwise step's output, by local column
-        float* scratch = place_rings(memory, {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1}, size_t(lw) * S::cp);
+        // ring rows: from the oldest row a reader needs to the newest its writer adds, by the lags below
+        Ring t[3] = {{4, lw, S::cp, nullptr}, {4, lw, S::cp, nullptr}, {4, lw, S::cp, nullptr}};
+        Ring t4{4, lw, S::dp, nullptr}, dist{9, lw, S::dist, nullptr}, u{11, lw, S::cp, nullptr};
+        Ring a0{6, lw, S::cp, nullptr}, a1{14, lw, S::cp, nullptr};
+        const auto rings = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
+        if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * lw * S::cp, 0.0f);
+        team.wait();
+        // then each member's row of a depthwise step's output, by local column (members' shares of different
+        // steps overlap)
+        float* scratch = lay_out(memory.data(), rings) + size_t(m) * lw * S::cp;
         float real[S::cp] = {};
         std::fill(real, real + S::c, 1.0f);
 
-        constexpr int halo[7] = {12, 11, 10, 9, 8, 6, 0};
-        auto active = [&](int step, int y) { return in_halo(y, halo[step], r0, r1, h); };
-        int xa[7], xb[7], n[7];  // each step's local columns
+        constexpr int lag[7] = {0, 2, 4, 6, 8, 11, 18}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
+        int lo[7], hi[7], n[7];  // this member's local columns of each step
         for (int step = 0; step < 7; ++step) {
-            xa[step] = std::max(0, c0 - halo[step]) - base;
-            xb[step] = std::min(w, c1 + halo[step]) - base;
-            n[step] = xb[step] - xa[step];
+            team.share(m, std::max(0, c0 - halo[step]) - base, std::min(w, c1 + halo[step]) - base, lo[step], hi[step]);
+            n[step] = hi[step] - lo[step];
         }
         auto image_row = [&](auto* image, int y, int step) {
-            return image + (size_t(y) * w + base + xa[step]) * S::c;
+            return image + (size_t(y) * w + base + lo[step]) * S::c;
         };
-        for (int k = r0 - 12; k < r1 + 12; ++k) {
+        for (int k = 0; k < h + lag[6]; ++k) {
+            auto active = [&](int step) { return k - lag[step] >= 0 && k - lag[step] < h; };
             // steps 1-3: a distillation step on the input (step 1) or on the previous refined features
             for (int i = 0; i < 3; ++i) {
-                const int y = k - i;
-                if (!active(i, y)) continue;
-                const Distill epi{t[i].row(y) + xa[i] * S::cp, dist.row(y) + xa[i] * S::dist + i * S::d};
+                const int y = k - lag[i];
+                if (!active(i)) continue;
+                const Distill epi{t[i].row(y) + lo[i] * S::cp, dist.row(y) + lo[i] * S::dist + i * S::d};
                 if (i == 0) {
                     matmul_row<NG, S::c>(image_row(x, y, 0), S::c, n[0], pr.g_w[0], pr.g_b[0], epi);
                 } else {
-                    float* r = scratch + xa[i] * S::cp;
-                    depthwise_row<NC, 3, 1>(t[i - 1], y, h, xa[i], xb[i], pr.dw_w[i - 1], pr.dw_b[i - 1], StoreGelu<NC>{r});
+                    float* r = scratch + lo[i] * S::cp;
+                    depthwise_row<NC, 3, 1>(t[i - 1], y, h, lo[i], hi[i], pr.dw_w[i - 1], pr.dw_b[i - 1], StoreGelu<NC>{r});
                     matmul_row<NG, S::c>(r, S::cp, n[i], pr.g_w[i], pr.g_b[i], epi);
                 }
             }
             // step 4: r3, then c4's pointwise half
-            if (int y = k - 3; active(3, y)) {
-                float* r = scratch + xa[3] * S::cp;
-                depthwise_row<NC, 3, 1>(t[2], y, h, xa[3], xb[3], pr.dw_w[2], pr.dw_b[2], StoreGelu<NC>{r});
-                matmul_row<ND, S::c>(r, S::cp, n[3], pr.c4_w, nullptr, Store<ND>{t4.row(y) + xa[3] * S::dp, S::dp});
+            if (const int y = k - lag[3]; active(3)) {
+                float* r = scratch + lo[3] * S::cp;
+                depthwise_row<NC, 3, 1>(t[2], y, h, lo[3], hi[3], pr.dw_w[2], pr.dw_b[2], StoreGelu<NC>{r});
+                matmul_row<ND, S::c>(r, S::cp, n[3], pr.c4_w, nullptr, Store<ND>{t4.row(y) + lo[3] * S::dp, S::dp});
             }
             // step 5: r4 completes the distilled features; c5, then LKA's pointwise conv
-            if (int y = k - 4; active(4, y)) {
-                float* d = dist.row(y) + xa[4] * S::dist;
-                depthwise_row<ND, 3, 1>(t4, y, h, xa[4], xb[4], pr.dw4_w, pr.dw4_b, [d](int p, const vf* a) {
-                    for (int v = 0; v < ND; ++v)
-                        store_lanes(d + size_t(p) * S::dist + 3 * S::d + v * kLanes, gelu(a[v]), 0,
-                                    std::min(kLanes, S::d - v * kLanes));
+            if (const int y = k - lag[4]; active(4)) {
+                float* d = dist.row(y) + lo[4] * S::dist;
+                depthwise_row<ND, 3, 1>(t4, y, h, lo[4], hi[4], pr.dw4_w, pr.dw4_b, [d](int p, int v, vf a) {
+                    store_lanes(d + size_t(p) * S::dist + 3 * S::d + v * kLanes, gelu(a), 0,
+                                std::min(kLanes, S::d - v * kLanes));
                 });
-                float* uy = u.row(y) + xa[4] * S::cp;
+                float* uy = u.row(y) + lo[4] * S::cp;
                 matmul_row<NC, S::dist>(d, S::dist, n[4], pr.c5_w, pr.c5_b, Store<NC>{uy, S::cp});
-                matmul_row<NC, S::c>(uy, S::cp, n[4], pr.lka_w, pr.lka_b, Store<NC>{a0.row(y) + xa[4] * S::cp, S::cp});
+                matmul_row<NC, S::c>(uy, S::cp, n[4], pr.lka_w, pr.lka_b, Store<NC>{a0.row(y) + lo[4] * S::cp, S::cp});
             }
             // step 6: LKA's 5x5 depthwise
-            if (int y = k - 6; active(5, y))
-                depthwise_row<NC, 5, 1>(a0, y, h, xa[5], xb[5], pr.lka_dw, pr.lka_db,
-                                        Store<NC>{a1.row(y) + xa[5] * S::cp, S::cp});
+            if (const int y = k - lag[5]; active(5))
+                depthwise_row<NC, 5, 1>(a0, y, h, lo[5], hi[5], pr.lka_dw, pr.lka_db,
+                                        Store<NC>{a1.row(y) + lo[5] * S::cp, S::cp});
             // step 7: LKA's dilated 5x5 times u, c6, LayerNorm over channels, residual
-            if (int y = k - 12; active(6, y)) {
-                float* att = scratch + xa[6] * S::cp;
-                depthwise_row<NC, 5, 3>(a1, y, h, xa[6], xb[6], pr.lka_ddw, pr.lka_ddb,
-                                        Times{u.row(y) + xa[6] * S::cp, att});
-                const NormResidual epi{image_row(x, y, 6), pr.ln_w, pr.ln_b, real, image_row(out, y, 6), eps};
+            if (const int y = k - lag[6]; active(6)) {
+                float* att = scratch + lo[6] * S::cp;
+                depthwise_row<NC, 5, 3>(a1, y, h, lo[6], hi[6], pr.lka_ddw, pr.lka_ddb, Times{u.row(y) + lo[6] * S::cp, att});
+                const NormResidual epi{image_row(x, y, 6), pr.ln_w, pr.ln_b, real, image_row(out, y, 6), n[6] - 1, eps};
                 matmul_row<NC, S::c>(att, S::cp, n[6], pr.c6_w, pr.c6_b, epi);
             }
+            team.wait();  // the next pipeline step reads what every member wrote in this one
         }
     }
 
     static void run(const float* x, float* out, int n, int h, int w, const float* params, float eps, int threads) {
         const Params pr(S{}, params);
-        // column strips of at most kStrip pixels keep the rings in a core's cache (2 MB L2 here; measured)
+        // column strips of at most kStrip pixels keep the rings in cache (measured)
         const int strips = (w + kStrip - 1) / kStrip;
-        in_bands(n, h, threads, [&](int i, int r0, int r1) {
-            const size_t offset = size_t(i) * h * w * S::c;
-            for (int s = 0; s < strips; ++s)
-                band(pr, x + offset, out + offset, h, w, r0, r1, w * s / strips, w * (s + 1) / strips, eps);
+        Team team(team_size(threads, w));
+        std::vector<float> memory;
+        team.run([&](int m) {
+            for (int i = 0; i < n; ++i) {
+                const size_t offset = size_t(i) * h * w * S::c;
+                for (int s = 0; s < strips; ++s)
+                    strip(pr, x + offset, out + offset, h, w, w * s / strips, w * (s + 1) / strips, eps, team, m, memory);
+            }
         });
     }
 };
@@ -481,11 +564,9 @@ struct Tail {
     struct AddFeatures {  // c2's depthwise result + the shallow features
         const float* feat;
         float* dst;
-        void operator()(int p, const vf* a) const {
-            for (int v = 0; v < NC; ++v) {
-                const int n = std::min(kLanes, S::c - v * kLanes);
-                store(dst + (size_t(p) * NC + v) * kLanes, a[v] + load_lanes(feat + size_t(p) * S::c + v * kLanes, n));
-            }
+        void operator()(int p, int v, vf a) const {
+            const int n = std::min(kLanes, S::c - v * kLanes);
+            store(dst + (size_t(p) * NC + v) * kLanes, a + load_lanes(feat + size_t(p) * S::c + v * kLanes, n));
         }
     };
 
@@ -497,50 +578,119 @@ struct Tail {
             // output o = 16 colour + 4 i + j of the upsampler goes to (colour, row 4y + i, column 4p + j)
             for (int o = 0; o < kUp; o += 4) {
                 const int v = o / kLanes, lane = o % kLanes, colour = o / 16, i = o % 16 / 4;
-                store_lanes(out + colour * plane + size_t(i) * width + 4 * p - lane, a[v], lane, lane + 4);
+                float* to = out + colour * plane + size_t(i) * width + 4 * p;
+#if defined(__AVX__) && !defined(__AVX512F__)  // a 128-bit half: a plain store, where a masked one is slow
+                const __m256 both = __m256(a[v]);
+                _mm_storeu_ps(to, lane == 0 ? _mm256_castps256_ps128(both) : _mm256_extractf128_ps(both, 1));
+#else
+                store_lanes(to - lane, a[v], lane, lane + 4);
+#endif
             }
         }
     };
 
-    static void band(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
-                     int w, int r0, int r1) {
-        Ring t{3, w, S::cp, nullptr}, z{3, w, S::cp, nullptr};
-        std::vector<float> memory;
-        float* scratch = place_rings(memory, {&t, &z}, size_t(w) * S::cp);
+    // Member `m` of `team` runs its share of the tail on one image; the rings live in `memory`, shared.
+    static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
+                      int w, Team& team, int m, std::vector<float>& memory) {
+        Ring t{4, w, S::cp, nullptr}, z{4, w, S::cp, nullptr};
+        const auto rings = {&t, &z};
+        if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * w * S::cp, 0.0f);
+        team.wait();
+        float* scratch = lay_out(memory.data(), rings) + size_t(m) * w * S::cp;  // this member's c1 output row
+        int lo, hi;
+        team.share(m, 0, w, lo, hi);
+        const int cols = hi - lo;
         std::vector<Source> sources(std::max(blocks, 9));
-        constexpr int halo[3] = {2, 1, 0};
-        auto active = [&](int step, int y) { return in_halo(y, halo[step], r0, r1, h); };
-        for (int k = r0 - 2; k < r1 + 2; ++k) {
-            if (int y = k; active(0, y)) {
+        constexpr int lag[3] = {0, 2, 4};
+        for (int k = 0; k < h + lag[2]; ++k) {
+            if (const int y = k - lag[0]; y < h) {
                 for (int b = 0; b < blocks; ++b)
-                    sources[b] = {hidden[b] + size_t(y) * w * S::c, S::c, pr.c1_w + size_t(b) * S::c * S::cp};
-                matmul_row<NC, S::c>(sources.data(), blocks, w, pr.c1_b, StoreGelu<NC>{scratch});
-                matmul_row<NC, S::c>(scratch, S::cp, w, pr.c2_w, nullptr, Store<NC>{t.row(y), S::cp});
+                    sources[b] = {hidden[b] + (size_t(y) * w + lo) * S::c, S::c, pr.c1_w + size_t(b) * S::c * S::cp};
+                float* trunk = scratch + lo * S::cp;
+                matmul_row<NC, S::c>(sources.data(), blocks, cols, pr.c1_b, StoreGelu<NC>{trunk});
+                matmul_row<NC, S::c>(trunk, S::cp, cols, pr.c2_w, nullptr, Store<NC>{t.row(y) + lo * S::cp, S::cp});
             }
-            if (int y = k - 1; active(1, y))
-                depthwise_row<NC, 3, 1>(t, y, h, 0, w, pr.c2_dw, pr.c2_db, AddFeatures{feat + size_t(y) * w * S::c, z.row(y)});
-            if (int y = k - 2; active(2, y)) {
+            if (const int y = k - lag[1]; y >= 0 && y < h)
+                depthwise_row<NC, 3, 1>(t, y, h, lo, hi, pr.c2_dw, pr.c2_db,
+                                        AddFeatures{feat + (size_t(y) * w + lo) * S::c, z.row(y) + lo * S::cp});
+            if (const int y = k - lag[2]; y >= 0 && y < h) {
                 int count = 0;
                 for (int ky = 0; ky < 3; ++ky) {
                     if (y + ky - 1 < 0 || y + ky - 1 >= h) continue;  // zero padding: the tap adds nothing
                     for (int kx = 0; kx < 3; ++kx)
-                        sources[count++] = {z.row(y + ky - 1) + (kx - 1) * S::cp, S::cp,
+                        sources[count++] = {z.row(y + ky - 1) + (lo + kx - 1) * S::cp, S::cp,
                                             pr.up_w + size_t(ky * 3 + kx) * S::c * kUp};
                 }
-                const PixelShuffle epi{out + size_t(4 * y) * 4 * w, size_t(16) * h * w, 4 * w};
-                matmul_row<NU, S::c>(sources.data(), count, w, pr.up_b, epi);
+                const PixelShuffle epi{out + size_t(4 * y) * 4 * w + 4 * lo, size_t(16) * h * w, 4 * w};
+                matmul_row<NU, S::c>(sources.data(), count, cols, pr.up_b, epi);
             }
+            team.wait();
         }
     }
 
     static void run(const float* const* hidden, int blocks, const float* feat, float* out, int n, int h, int w,
                     const float* params, int threads) {
         const TailParams pr(blocks, params);
-        in_bands(n, h, threads, [&](int i, int r0, int r1) {
+        Team team(team_size(threads, w));
+        std::vector<float> memory;
+        team.run([&](int m) {
             std::vector<const float*> image_hidden(blocks);
-            for (int b = 0; b < blocks; ++b) image_hidden[b] = hidden[b] + size_t(i) * h * w * S::c;
-            band(pr, image_hidden.data(), blocks, feat + size_t(i) * h * w * S::c, out + size_t(i) * 48 * h * w, h, w,
-                 r0, r1);
+            for (int i = 0; i < n; ++i) {
+                for (int b = 0; b < blocks; ++b) image_hidden[b] = hidden[b] + size_t(i) * h * w * S::c;
+                image(pr, image_hidden.data(), blocks, feat + size_t(i) * h * w * S::c, out + size_t(i) * 48 * h * w, h,
+                      w, team, m, memory);
+            }
+        });
+    }
+};
+
+// The shallow features: a 3x3 conv from the 3-channel NCHW input to C channels, NHWC (the 4x repetition of
+// the input is folded into its weights by Python). Each row's 27 inputs per pixel are gathered (zero
+// outside the image) and go through one matrix product. Rows are independent: members take rows in turn.
+template <int C>
+struct Features {
+    using S = Widths<C>;
+    static constexpr int NC = S::cp / kLanes, kTaps = 27;
+    static constexpr size_t params_size() { return size_t(kTaps + 1) * S::cp; }  // (27, cp) weights, bias
+
+    // C channels per pixel, unpadded: whole-vector stores spill into the next pixel, stored after it; the
+    // row's last pixel is stored masked
+    struct StorePixel {
+        float* dst;
+        int last;
+        void operator()(int p, const vf* a) const {
+            for (int v = 0; v < NC; ++v) {
+                const int lanes = std::min(kLanes, S::c - v * kLanes);
+                float* to = dst + size_t(p) * S::c + v * kLanes;
+                if (lanes == kLanes || p < last)
+                    store(to, a[v]);
+                else
+                    store_lanes(to, a[v], 0, lanes);
+            }
+        }
+    };
+
+    static void run(const float* x, float* out, int n, int h, int w, const float* params, int threads) {
+        const float* weights = params;
+        const float* bias = params + size_t(kTaps) * S::cp;
+        Team team(std::min(threads, std::max(1, h * w / 1024)));
+        team.run([&](int m) {
+            std::vector<float> gathered(size_t(w) * kTaps);
+            for (int row = m; row < n * h; row += team.size()) {
+                const int i = row / h, y = row % h;
+                const float* image = x + size_t(i) * 3 * h * w;
+                for (int px = 0; px < w; ++px)
+                    for (int ci = 0; ci < 3; ++ci)
+                        for (int ky = 0; ky < 3; ++ky)
+                            for (int kx = 0; kx < 3; ++kx) {
+                                const int yy = y + ky - 1, xx = px + kx - 1;
+                                const bool inside = yy >= 0 && yy < h && xx >= 0 && xx < w;
+                                gathered[size_t(px) * kTaps + ci * 9 + ky * 3 + kx] =
+                                    inside ? image[(size_t(ci) * h + yy) * w + xx] : 0.0f;
+                            }
+                matmul_row<NC, kTaps>(gathered.data(), kTaps, w, weights, bias,
+                                      StorePixel{out + size_t(row) * w * S::c, w - 1});
+            }
         });
     }
 };
@@ -565,6 +715,25 @@ int lkdn_lanes() { return kLanes; }
 // GELU as the kernels compute it, on n floats (n a multiple of lkdn_lanes()), for tests.
 void lkdn_gelu(const float* x, float* y, long n) {
     for (long i = 0; i < n; i += kLanes) store(y + i, gelu(load(x + i)));
+}
+
+// Floats in the packed weights of the shallow features' conv (3 -> channels); 0 as above.
+long lkdn_features_params_size(int channels) {
+    switch (channels) {
+        case 42: return long(Features<42>::params_size());
+        case 56: return long(Features<56>::params_size());
+        default: return 0;
+    }
+}
+
+// The shallow features of n images: x is n x 3 x h x w (NCHW), out n x h x w x channels (NHWC). Returns 0, or -1
+// for an unsupported channel count.
+int lkdn_features(const float* x, float* out, int n, int h, int w, int channels, const float* params, int threads) {
+    switch (channels) {
+        case 42: Features<42>::run(x, out, n, h, w, params, threads); return 0;
+        case 56: Features<56>::run(x, out, n, h, w, params, threads); return 0;
+        default: return -1;
+    }
 }
 
 // Floats in the packed weights of the tail (c1, c2, upsampler) after `blocks` blocks; 0 as above.
