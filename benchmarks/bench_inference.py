@@ -1,20 +1,25 @@
-"""Inference speed of every backend against the straightforward fused form, and the work that bounds it.
+"""Inference speed of every CPU path against the straightforward fused module, over a sweep of image sizes.
 
-    python benchmarks/bench_inference.py [--runs 12] [--warmup 2] [--threads N] [--model_path CKPT]
-                                         [--no-onnx] [--compile]
+    python benchmarks/bench_inference.py [--threads 1 2] [--sizes 32x32 80x120 256x256 339x510 512x512]
+                                         [--baseline 6213163] [--runs 7] [--no-onnx] [--no-openvino]
+                                         [--compile] [--detail] [--model_path CKPT]
 
-One process; for each input (1x3x256x256, the challenge's FLOPs size, and the DIV2K-valid-sized
-../shared/data/div2k_sample/0853x4.png) every path is warmed up, then the paths are timed in interleaved
+One process. For each thread count and each LR size (random 1x3xHxW inputs, seeded; `div2k` names the
+DIV2K-valid-sized ../shared/data/div2k_sample/0853x4.png), every path is warmed up, then timed in interleaved
 rounds (the order rotates each round), so load from other processes hits all of them alike. Printed per path:
-median wall time, median process CPU time (less sensitive to a busy machine), the ratio of medians to the
-reference, max abs difference from the reference output, the peak resident memory one call adds (measured in
-a fresh process per path), and the bytes written by its tensor ops. Then the work figures (conv MACs; exact-GELU elements; bytes written) and
-the time the machine's measured matmul throughput, GELU throughput and memory bandwidth would need for them:
-a rough roofline, to show how far each path is from the limit.
+median wall time, its ratio to the reference (the straightforward fused module) and to the `native` backend of
+each `--baseline` revision (that commit's kernel and Python module, built and run in this process:
+benchmarks/baseline.py), and the max abs difference from the reference output. Paths: reference, native,
+native at each baseline revision, fast, onnxruntime and OpenVINO (both on the exported ONNX graph; OpenVINO's
+CPU plugin compiled for the size with f32 inference precision), torch.compile of the reference with
+`--compile`. Rounds: `--runs`, fewer (at least 3) where one reference call takes over 2 s.
+
+`--detail` adds, per size, the peak resident memory one call of each path adds (measured in a fresh process
+per path), the bytes written by its tensor ops, and a rough roofline: the conv MACs and exact-GELU elements at
+the machine's measured matmul and GELU rates, and the bytes written at its measured memory bandwidth.
 
 Weights: the authors' fused LKDN-S checkpoint (../shared/reference/LKDN-S_del_rep_x4.pth) when present,
 else `--model_path`, else seeded random weights (said in the output; speed does not depend on the values).
-`--compile` adds torch.compile (inductor, freezing) of the reference form, with its compile time.
 """
 
 from __future__ import annotations
@@ -24,16 +29,18 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from baseline import BaselineUnavailable, load_native  # this script's folder
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import lkdn_s
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import read_rgb, to_tensor
 from utils.measure.model_summary import conv_activations, count_conv_macs
@@ -54,14 +61,24 @@ def load_model(model_path: str | None) -> tuple[torch.nn.Module, str]:
     return lkdn_s(fused=True).eval(), f"RANDOM weights (seed 0): {path} not found"
 
 
-def inputs(quiet: bool = False) -> list[tuple[str, torch.Tensor]]:
-    found = [("1x3x256x256 (random)", torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)))]
-    if DIV2K_SAMPLE.is_file():
+SIZES = ("32x32", "80x120", "256x256", "339x510", "512x512")
+BASELINE = "6213163"  # the commit before the native kernels' rework for every size and CPU
+
+
+def make_input(size: str) -> tuple[str, torch.Tensor]:
+    """(label, 1x3xHxW input) for "HxW" (seeded random) or "div2k" (the DIV2K-valid-sized sample image)."""
+    if size == "div2k":
+        if not DIV2K_SAMPLE.is_file():
+            raise UserError(f"{DIV2K_SAMPLE} not found; give --sizes as HxW only")
         x = to_tensor(read_rgb(DIV2K_SAMPLE))
-        found.append((f"{DIV2K_SAMPLE.name} {tuple(x.shape)}", x))
-    elif not quiet:
-        print(f"note: {DIV2K_SAMPLE} not found; only the 256x256 input is measured")
-    return found
+        return f"{DIV2K_SAMPLE.name} {x.shape[2]}x{x.shape[3]}", x
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--sizes: {size!r} is not HxW (e.g. 80x120) or div2k") from None
+    if h < 1 or w < 1:
+        raise UserError(f"--sizes: {size!r} needs positive sides")
+    return f"{h}x{w}", torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * 10007 + w))
 
 
 # --- machine figures -----------------------------------------------------------------------------------
@@ -148,11 +165,11 @@ def peak_extra_mb(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return max(0.0, peak.peak_mb - before)
 
 
-def peak_in_fresh_process(args: argparse.Namespace, path: str, input_index: int) -> float:
+def peak_in_fresh_process(args: argparse.Namespace, path: str, size: str, threads: int) -> float:
     """`peak_extra_mb` of one path in a new process: memory freed earlier in this one would hide the peak."""
-    cmd = [sys.executable, __file__, "--peak", path, str(input_index)]
+    cmd = [sys.executable, __file__, "--peak", path, size, "--threads", str(threads)]
     cmd += ["--model_path", args.model_path] if args.model_path else []
-    cmd += ["--threads", str(torch.get_num_threads())]
+    cmd += ["--baseline", *args.baseline]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return float("nan")
@@ -177,40 +194,75 @@ def time_interleaved(
     return times
 
 
-PLAIN = "fast, plain ops (no oneDNN fusions)"
 COMPILED = "torch.compile(reference), inductor + freezing"
+OPENVINO = "openvino (ONNX graph, CPU, f32)"
+
+
+class OpenVinoRunner:
+    """The exported ONNX graph in OpenVINO's CPU plugin, compiled per input shape with f32 inference precision
+    (the plugin may otherwise pick bf16 on CPUs that have it) and the current torch thread count."""
+
+    def __init__(self, onnx_path: Path) -> None:
+        import openvino as ov
+
+        self.core, self.onnx_path, self.compiled = ov.Core(), onnx_path, {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self.compiled:
+            model = self.core.read_model(str(self.onnx_path))
+            model.reshape({model.inputs[0]: list(shape)})
+            config = {
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "INFERENCE_PRECISION_HINT": "f32",
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            self.compiled[shape] = self.core.compile_model(model, "CPU", config)
+        result = self.compiled[shape]({0: x.contiguous().numpy()})
+        return torch.from_numpy(next(iter(result.values())).copy())
+
+
+def _onnx_file(model: torch.nn.Module, folder: Path) -> Path:
+    from utils.runtime.onnx_export import export_onnx, save_onnx
+
+    data, _ = export_onnx(model)
+    return save_onnx(data, folder / "lkdn.onnx")
 
 
 def build_runners(
-    model: torch.nn.Module, args: argparse.Namespace, only: str | None = None
+    model: torch.nn.Module, args: argparse.Namespace, scratch: Path, only: str | None = None
 ) -> dict[str, Callable]:
-    """The paths to compare, by name (`only`: just that one)."""
+    """The paths to compare at the current thread count, by name (`only`: just that one)."""
     runners: dict[str, Callable] = {}
 
     def wanted(name: str) -> bool:
         return only is None or name == only
 
-    for backend in ("reference", "fast", "native"):
+    for backend in ("reference", "native"):
         if wanted(backend):
             try:
                 runners[backend] = make_runner(model, "cpu", backend)
             except ValueError as err:  # native: no compiler, or a model the kernels were not written for
                 print(f"{backend}: skipped ({err})")
-    from utils.runtime.fast import CPU_FUSIONS, FastLKDN
-
-    if CPU_FUSIONS and wanted(PLAIN):
-        plain = FastLKDN(model, cpu_fusions=False).eval()
-
-        def fast_plain(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return plain(x)
-
-        runners[PLAIN] = fast_plain
+    for rev in args.baseline:
+        if wanted(f"native@{rev}"):
+            try:
+                runners[f"native@{rev}"] = load_native(rev, model)
+            except BaselineUnavailable as err:
+                print(f"native@{rev}: skipped ({err})")
+    if wanted("fast"):
+        runners["fast"] = make_runner(model, "cpu", "fast")
+    needs_onnx = (not args.no_onnx and wanted("onnxruntime")) or (not args.no_openvino and wanted(OPENVINO))
+    onnx_path = scratch / "lkdn.onnx"
+    if needs_onnx and not onnx_path.is_file():
+        _onnx_file(model, scratch)
     if not args.no_onnx and wanted("onnxruntime"):
-        start = time.perf_counter()
-        runners["onnxruntime"] = make_runner(model, "cpu", "onnxruntime")
-        if only is None:
-            print(f"onnxruntime: export + verification + session {time.perf_counter() - start:.1f} s")
+        runners["onnxruntime"] = make_runner(model, "cpu", "onnxruntime", onnx_path=onnx_path)
+    if not args.no_openvino and wanted(OPENVINO):
+        try:
+            runners[OPENVINO] = OpenVinoRunner(onnx_path)
+        except ImportError:
+            print("openvino: skipped (not installed: pip install openvino)")
     if args.compile and wanted(COMPILED):
         import copy
 
@@ -227,91 +279,132 @@ def build_runners(
     return runners
 
 
+def rounds_for(args: argparse.Namespace, reference_seconds: float) -> int:
+    """`--runs` rounds, fewer where one reference call is long (at least 3)."""
+    return args.runs if reference_seconds <= 2.0 else max(3, min(args.runs, int(20 / reference_seconds)))
+
+
+def measure_size(
+    model: torch.nn.Module,
+    runners: dict[str, Callable],
+    args: argparse.Namespace,
+    size: str,
+    threads: int,
+    machine: dict[str, float] | None,
+) -> None:
+    label, x = make_input(size)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        expected = runners["reference"](x)
+        runs = rounds_for(args, time.perf_counter() - start)
+    diffs = {name: float((run(x) - expected).abs().max()) for name, run in runners.items()}  # also compiles
+    times = time_interleaved(runners, x, runs, args.warmup)
+    wall = {name: statistics.median(walls) for name, (walls, _) in times.items()}
+    baselines = [name for name in runners if name.startswith("native@")]
+    print(
+        f"\n== {threads} thread{'s' if threads > 1 else ''}, LR {label} (median of {runs} interleaved rounds)"
+    )
+    head = f"{'path':40s} {'wall ms':>9s} {'vs reference':>12s}"
+    head += "".join(f" {'vs ' + b:>20s}" for b in baselines) + f" {'max|diff|':>10s}"
+    print(head)
+    for name in runners:
+        row = f"{name:40s} {wall[name] * 1e3:9.1f} {wall['reference'] / wall[name]:11.2f}x"
+        row += "".join(f" {wall[b] / wall[name]:19.2f}x" for b in baselines)
+        print(row + f" {diffs[name]:10.2e}")
+    if machine is not None:
+        print_detail(model, runners, args, size, threads, x, wall, machine)
+
+
+def print_detail(
+    model: torch.nn.Module,
+    runners: dict[str, Callable],
+    args: argparse.Namespace,
+    size: str,
+    threads: int,
+    x: torch.Tensor,
+    wall: dict[str, float],
+    machine: dict[str, float],
+) -> None:
+    """Peak memory per path, bytes written, and the roofline for this input."""
+    memory = {name: peak_in_fresh_process(args, name, size, threads) for name in runners}
+    # the tensor-op counter sees neither the ONNX runtimes' nor the native kernels' writes
+    counts = {name: count_ops(run, x) for name, run in runners.items() if name in ("reference", "fast")}
+    print("peak MB one call adds: " + ", ".join(f"{name} {mb:.0f}" for name, mb in memory.items()))
+    shape = tuple(x.shape)
+    macs = count_conv_macs(model, shape)
+    activations, convs = conv_activations(model, shape)
+    gelu = counts["reference"].gelu_elements
+    t_mac, t_gelu = macs / machine["mm_large"], gelu / machine["gelu"]
+    print(
+        f"work: {macs / 1e9:.2f} G conv MACs ({convs} convs), conv activations {activations / 1e6:.1f} M "
+        f"({activations * 4 / MB:.0f} MB written), {gelu / 1e6:.1f} M exact-GELU elements"
+    )
+    print(
+        f"roofline: MACs at the sgemm rate {t_mac * 1e3:.1f} ms + GELU at its rate {t_gelu * 1e3:.1f} ms "
+        f"= compute {(t_mac + t_gelu) * 1e3:.1f} ms; memory (each byte written once and read once):"
+    )
+    written = {name: counter.bytes_written for name, counter in counts.items()}
+    if "native" in runners:
+        written["native"] = native_bytes_written(model, shape)
+    for name, nbytes in written.items():
+        t_mem = 2 * nbytes / machine["bandwidth"]
+        bound = max(t_mac + t_gelu, t_mem)
+        print(
+            f"  {name:12s} {nbytes / MB:7.0f} MB written, memory {t_mem * 1e3:6.1f} ms; bound {bound * 1e3:6.1f} ms; "
+            f"measured {wall[name] * 1e3:7.1f} ms = {wall[name] / bound:.1f}x the bound"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=12, help="timed interleaved rounds (median reported; >= 10)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: torch's)")
+    p.add_argument(
+        "--sizes", nargs="+", default=list(SIZES), help="LR sizes HxW, or div2k (the sample image)"
+    )
+    p.add_argument(
+        "--baseline", nargs="*", default=[BASELINE], help="git revisions whose native backend to time"
+    )
+    p.add_argument("--runs", type=int, default=7, help="timed interleaved rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument(
         "--model_path", default=None, help=f"fused or training checkpoint (default {AUTHORS_FUSED})"
     )
-    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime backend")
+    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    p.add_argument("--no-openvino", action="store_true", help="skip OpenVINO")
     p.add_argument("--compile", action="store_true", help="also torch.compile(reference) (compile: minutes)")
-    p.add_argument("--peak", nargs=2, help=argparse.SUPPRESS)  # internal: one path's peak memory, one input
+    p.add_argument("--detail", action="store_true", help="peak memory, bytes written and roofline per size")
+    p.add_argument("--peak", nargs=2, help=argparse.SUPPRESS)  # internal: one path's peak memory, one size
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.runs < 1 or args.warmup < 0 or any(t < 1 for t in args.threads or []):
+        raise UserError("--runs and --threads take positive numbers, --warmup zero or more")
     model, weights = load_model(args.model_path)
-    if args.peak:
-        name, index = args.peak[0], int(args.peak[1])
-        args.compile = name == COMPILED
-        runner = build_runners(model, args, only=name)[name]
-        print(peak_extra_mb(runner, inputs(quiet=True)[index][1]))
-        return
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu} ({platform.machine()})")
-    print(f"weights: {weights}")
-    machine = machine_figures()
-    print(
-        f"machine: memory bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s (256 MB copy, read + write); "
-        f"sgemm {machine['mm_large'] / 1e9:.1f} GMAC/s (2048^3), {machine['mm_net'] / 1e9:.1f} GMAC/s "
-        f"(65536x42 @ 42x42); exact GELU {machine['gelu'] / 1e9:.2f} G elements/s"
-    )
-    runners = build_runners(model, args)
-    for index, (label, x) in enumerate(inputs()):
-        print(f"\n== input {label}")
-        with torch.inference_mode():
-            expected = runners["reference"](x)
-        if COMPILED in runners:
-            start = time.perf_counter()
-            runners[COMPILED](x)
-            print(f"torch.compile: first call (compile) {time.perf_counter() - start:.1f} s for this shape")
-        diffs = {name: float((run(x) - expected).abs().max()) for name, run in runners.items()}
-        memory = {name: peak_in_fresh_process(args, name, index) for name in runners}
-        # the tensor-op counter sees neither onnxruntime's nor the native kernels' writes
-        counts = {
-            name: count_ops(run, x) for name, run in runners.items() if name not in ("onnxruntime", "native")
-        }
-        times = time_interleaved(runners, x, max(args.runs, 1), args.warmup)
-        ref_wall = statistics.median(times["reference"][0])
-        ref_cpu = statistics.median(times["reference"][1])
-        head = f"{'path':48s} {'wall ms':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s} {'max|diff|':>10s}"
-        print(head + f" {'peak MB':>8s} {'written MB':>10s}")
-        for name in runners:
-            wall, cpu_s = statistics.median(times[name][0]), statistics.median(times[name][1])
-            written = f"{counts[name].bytes_written / MB:10.0f}" if name in counts else f"{'n/a':>10s}"
-            print(
-                f"{name:48s} {wall * 1e3:8.1f} {ref_wall / wall:6.2f} {cpu_s * 1e3:8.1f} {ref_cpu / cpu_s:6.2f} "
-                f"{diffs[name]:10.2e} {memory[name]:8.0f} {written}"
-            )
-        print(
-            f"(median of {args.runs} interleaved runs after {args.warmup} warm-up runs each; ratio = reference / path)"
+    with tempfile.TemporaryDirectory(prefix="lkdn-bench-") as scratch:
+        if args.peak:
+            name, size = args.peak
+            torch.set_num_threads(args.threads[0])
+            args.compile = name == COMPILED
+            runner = build_runners(model, args, Path(scratch), only=name)[name]
+            print(peak_extra_mb(runner, make_input(size)[1]))
+            return
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?"
         )
-        shape = tuple(x.shape)
-        macs = count_conv_macs(model, shape)
-        activations, convs = conv_activations(model, shape)
-        gelu = counts["reference"].gelu_elements
-        t_mac, t_gelu = macs / machine["mm_large"], gelu / machine["gelu"]
-        print(
-            f"work: {macs / 1e9:.2f} G conv MACs ({convs} convs), conv activations {activations / 1e6:.1f} M "
-            f"({activations * 4 / MB:.0f} MB written), {gelu / 1e6:.1f} M exact-GELU elements"
-        )
-        print(
-            f"roofline: MACs at the sgemm rate {t_mac * 1e3:.1f} ms + GELU at its rate {t_gelu * 1e3:.1f} ms "
-            f"= compute {(t_mac + t_gelu) * 1e3:.1f} ms; memory (each byte written once and read once):"
-        )
-        written = {name: counter.bytes_written for name, counter in counts.items()}
-        if "native" in runners:
-            written["native (whole-image tensors only)"] = native_bytes_written(model, shape)
-            times["native (whole-image tensors only)"] = times["native"]
-        for name, nbytes in written.items():
-            t_mem = 2 * nbytes / machine["bandwidth"]
-            bound = max(t_mac + t_gelu, t_mem)
-            wall = statistics.median(times[name][0])
-            print(
-                f"  {name:46s} memory {t_mem * 1e3:6.1f} ms; bound {bound * 1e3:6.1f} ms; "
-                f"measured {wall * 1e3:7.1f} ms = {wall / bound:.1f}x the bound"
-            )
+        print(f"torch {torch.__version__}, CPU: {cpu} ({platform.machine()}, {_vector_isa()})")
+        print(f"weights: {weights}")
+        for threads in args.threads or [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            machine = machine_figures() if args.detail else None
+            if machine is not None:
+                print(
+                    f"machine, {threads} threads: memory bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s; sgemm "
+                    f"{machine['mm_large'] / 1e9:.1f} GMAC/s (2048^3), {machine['mm_net'] / 1e9:.1f} GMAC/s "
+                    f"(65536x42 @ 42x42); exact GELU {machine['gelu'] / 1e9:.2f} G elements/s"
+                )
+            runners = build_runners(
+                model, args, Path(scratch)
+            )  # per thread count: sessions take it at creation
+            for size in args.sizes:
+                measure_size(model, runners, args, size, threads, machine)
 
 
 def native_bytes_written(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -320,6 +413,11 @@ def native_bytes_written(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     n, _, h, w = shape
     maps = (1 + model.num_blocks) * n * h * w * model.num_feat
     return 4 * (maps + n * 3 * h * w * model.scale**2)
+
+
+def _vector_isa() -> str:
+    flags = next((line for line in _cpuinfo() if line.startswith("flags")), "")
+    return "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
 
 
 def _cpuinfo() -> list[str]:

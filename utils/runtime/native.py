@@ -160,7 +160,9 @@ def lkdn_features(x: Tensor, params: Tensor, channels: int, threads: int | None 
     _check_tensors(x, shape=torch.Size([n, 3, h, w]))
     _check_tensors(params, shape=torch.Size([lib.lkdn_features_params_size(channels)]))
     out = torch.empty(n, h, w, channels)
-    if lib.lkdn_features(x.data_ptr(), out.data_ptr(), n, h, w, channels, params.data_ptr(), _threads(threads)):
+    if lib.lkdn_features(
+        x.data_ptr(), out.data_ptr(), n, h, w, channels, params.data_ptr(), _threads(threads)
+    ):
         raise ValueError(f"the native kernel does not support {channels} channels")
     return out
 

@@ -1,0 +1,66 @@
+"""The inference benchmark's own parts: an earlier commit's native backend loads and runs, and the sweep runs."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import lkdn_s
+from utils.runtime.native import NativeLKDN, native_available
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from baseline import BaselineUnavailable, load_native  # noqa: E402
+
+in_git_checkout = pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs git and a git checkout"
+)
+
+
+@in_git_checkout
+@pytest.mark.skipif(
+    native_available() is not None, reason=f"native kernels unavailable: {native_available()}"
+)
+def test_the_baseline_of_head_is_todays_native_backend():
+    """HEAD's committed native backend, loaded from git into a module of its own, runs the model: its output
+    equals today's when the working tree's kernel is HEAD's (and stays within the tolerance otherwise)."""
+    torch.manual_seed(0)
+    model = lkdn_s(fused=True).eval()
+    x = torch.rand(1, 3, 11, 17, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        today = NativeLKDN(model).eval()(x)
+    torch.testing.assert_close(load_native("HEAD", model)(x), today, atol=1e-5, rtol=0)
+
+
+@in_git_checkout
+def test_an_unknown_revision_is_reported_not_guessed():
+    with pytest.raises(BaselineUnavailable, match="no-such-revision"):
+        load_native("no-such-revision", lkdn_s(fused=True))
+
+
+def test_the_sweep_prints_a_row_per_path_and_size(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--threads", "1", "--sizes", "8x8",
+         "9x13", "--runs", "1", "--warmup", "0", "--no-onnx", "--no-openvino", "--baseline",
+         "--model_path", str(tmp_path / "absent.pth")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RANDOM weights" in done.stdout
+    for size in ("8x8", "9x13"):
+        assert f"== 1 thread, LR {size}" in done.stdout
+    rows = [line.split()[0] for line in done.stdout.splitlines() if line.endswith("e+00") or "e-0" in line]
+    assert rows.count("reference") == 2 and rows.count("fast") == 2
+
+
+def test_a_bad_size_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--sizes", "8by8", "--no-onnx",
+         "--no-openvino", "--baseline", "--model_path", str(tmp_path / "absent.pth")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --sizes: '8by8' is not HxW (e.g. 80x120) or div2k"
