@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from sanitized import run_sanitized
 from test_fast_inference import ATOL, ODD_SHAPES, perturbed, reference_output
 
 from models import LKDN, lkdn, lkdn_s
+from train import native_conv_grad
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import read_rgb, to_tensor
 from utils.native import build as native_build
@@ -222,3 +226,17 @@ def test_the_threads_share_rings_without_a_data_race(tmp_path):
     """The same harness under ThreadSanitizer: a team's threads write and read the same rings, ordered only by
     their barrier (OpenMP's runtime is not instrumented, so the std::thread build is the one checked)."""
     run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread",), sanitizers="thread")
+
+
+@pytest.mark.parametrize("kernel", ["lkdn_cpu", "conv_grad"])
+def test_the_kernels_compile_for_avx512(tmp_path, kernel):
+    """The AVX-512 build (16-lane vectors and its intrinsics) compiles on any machine with GCC or Clang; on a CPU
+    without AVX-512 it cannot run, so this is what is checked there. The other builds run in the tests above."""
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source = native_lkdn.SOURCE if kernel == "lkdn_cpu" else native_conv_grad.SOURCE
+    cmd = [compiler, "-O1", "-std=c++17", "-march=skylake-avx512", "-fopenmp", "-pthread",
+           f"-I{native_build.INCLUDE}", "-c", str(source), "-o", str(tmp_path / "kernel.o")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
