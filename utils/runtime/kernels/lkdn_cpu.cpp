@@ -5,7 +5,7 @@
 // reads it back; here each image row goes through all the block's steps while its neighbourhood is still in
 // cache. Rows flow through a fixed pipeline; every spatial step keeps a small ring of the rows it still needs:
 //
-//   step (lag)  computes row y = k - lag at pipeline step k
+//   step (lag)  computes row y = k - lag at pipeline step k (lags of a team; one thread: 0 1 2 3 4 6 12)
 //   1 (0)   G1 = x @ [r1.pw | c1_d]             -> T1 ring (pre-depthwise), GELU(d1) -> dist ring
 //   2 (2)   r1 = GELU(dw3(T1)); G2 = r1 @ [...]  -> T2 ring, GELU(d2) -> dist ring
 //   3 (4)   r2 = GELU(dw3(T2)); G3               -> T3 ring, GELU(d3) -> dist ring
@@ -448,10 +448,16 @@ struct Block {
     static void strip(const Params& pr, const float* x, float* out, int h, int w, int c0, int c1, float eps,
                       Team& team, int m, std::vector<float>& memory) {
         const int lw = c1 - c0 + 24, base = c0 - 12;
-        // ring rows: from the oldest row a reader needs to the newest its writer adds, by the lags below
-        Ring t[3] = {{4, lw, S::cp, nullptr}, {4, lw, S::cp, nullptr}, {4, lw, S::cp, nullptr}};
-        Ring t4{4, lw, S::dp, nullptr}, dist{9, lw, S::dist, nullptr}, u{11, lw, S::cp, nullptr};
-        Ring a0{6, lw, S::cp, nullptr}, a1{14, lw, S::cp, nullptr};
+        // each step's lag: its input's lag plus the rows its conv reaches below its row, plus one pipeline step
+        // in a team (what a step reads was then finished before the last barrier); one thread: 0 1 2 3 4 6 12
+        constexpr int reach[7] = {0, 1, 1, 1, 1, 2, 6}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
+        int lag[7] = {0};
+        for (int i = 1; i < 7; ++i) lag[i] = lag[i - 1] + reach[i] + (team.size() > 1);
+        // ring rows: from the oldest row a reader needs to the newest its writer adds
+        auto rows = [&](int i) { return lag[i + 1] - lag[i] + reach[i + 1] + 1; };  // step i's ring, read by i + 1
+        Ring t[3] = {{rows(0), lw, S::cp, nullptr}, {rows(1), lw, S::cp, nullptr}, {rows(2), lw, S::cp, nullptr}};
+        Ring t4{rows(3), lw, S::dp, nullptr}, dist{lag[4] + 1, lw, S::dist, nullptr};
+        Ring u{lag[6] - lag[4] + 1, lw, S::cp, nullptr}, a0{rows(4), lw, S::cp, nullptr}, a1{rows(5), lw, S::cp, nullptr};
         const auto rings = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
         if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * lw * S::cp, 0.0f);
         team.wait();
@@ -461,7 +467,6 @@ struct Block {
         float real[S::cp] = {};
         std::fill(real, real + S::c, 1.0f);
 
-        constexpr int lag[7] = {0, 2, 4, 6, 8, 11, 18}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
         int lo[7], hi[7], n[7];  // this member's local columns of each step
         for (int step = 0; step < 7; ++step) {
             team.share(m, std::max(0, c0 - halo[step]) - base, std::min(w, c1 + halo[step]) - base, lo[step], hi[step]);
@@ -598,7 +603,9 @@ struct Tail {
     // Member `m` of `team` runs its share of the tail on one image; the rings live in `memory`, shared.
     static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
                       int w, Team& team, int m, std::vector<float>& memory) {
-        Ring t{4, w, S::cp, nullptr}, z{4, w, S::cp, nullptr};
+        const int sync = team.size() > 1;  // a team's extra pipeline step per spatial step, as in the blocks
+        const int lag[3] = {0, 1 + sync, 2 + 2 * sync};
+        Ring t{3 + sync, w, S::cp, nullptr}, z{3 + sync, w, S::cp, nullptr};
         const auto rings = {&t, &z};
         if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * w * S::cp, 0.0f);
         team.wait();
@@ -607,7 +614,6 @@ struct Tail {
         team.share(m, 0, w, lo, hi);
         const int cols = hi - lo;
         std::vector<Source> sources(std::max(blocks, 9));
-        constexpr int lag[3] = {0, 2, 4};
         for (int k = 0; k < h + lag[2]; ++k) {
             if (const int y = k - lag[0]; y < h) {
                 for (int b = 0; b < blocks; ++b)
