@@ -47,14 +47,16 @@
 
 namespace {
 
-// vectors the matrix product may keep as accumulators: of a target's 32 AVX-512 or 16 AVX2 registers, what the
-// weights and the broadcast inputs leave (an 8-lane vector without AVX takes two of SSE's 16 registers)
+// kRegisters: vectors the matrix product may keep as accumulators: of a target's 32 AVX-512 or 16 AVX2
+// registers, what the weights and the broadcast inputs leave (an 8-lane vector without AVX takes two of SSE's 16
+// registers). kDepthwisePixels: output pixels a depthwise conv computes at once, per vector of channels: with
+// the K weights and one input they fill the registers (AVX2: 8 + 5 + 1 of 16).
 #if defined(__AVX512F__)
-constexpr int kRegisters = 24;
+constexpr int kRegisters = 24, kDepthwisePixels = 16;
 #elif defined(__AVX__)
-constexpr int kRegisters = 12;
+constexpr int kRegisters = 12, kDepthwisePixels = 8;
 #else
-constexpr int kRegisters = 6;
+constexpr int kRegisters = 6, kDepthwisePixels = 4;
 #endif
 
 inline float sum_lanes(vf v) {
@@ -300,16 +302,6 @@ class Team {
 
 // Threads for an image w columns wide: each takes at least 16 columns of every row (fewer are not worth a barrier).
 inline int team_size(int threads, int w) { return std::max(1, std::min(threads, w / 16)); }
-
-// Output pixels a depthwise conv computes at once, per vector of channels: with the K weights and one input
-// they fill the registers (AVX2: 8 + 5 + 1 of 16).
-#if defined(__AVX512F__)
-constexpr int kDepthwisePixels = 16;
-#elif defined(__AVX__)
-constexpr int kDepthwisePixels = 8;
-#else
-constexpr int kDepthwisePixels = 4;
-#endif
 
 // bias + depthwise KxK conv (dilation DIL) of `src` around row y, columns [x0, x1), rows outside [0, h) being
 // zero; vector v of column x's result goes to epi(x - x0, v, vf). Channels are independent, so one vector of
