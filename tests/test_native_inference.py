@@ -228,15 +228,17 @@ def test_the_threads_share_rings_without_a_data_race(tmp_path):
     run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread",), sanitizers="thread")
 
 
+@pytest.mark.parametrize("march", ["skylake-avx512", "sandybridge"])
 @pytest.mark.parametrize("kernel", ["lkdn_cpu", "conv_grad"])
-def test_the_kernels_compile_for_avx512(tmp_path, kernel):
-    """The AVX-512 build (16-lane vectors and its intrinsics) compiles on any machine with GCC or Clang; on a CPU
-    without AVX-512 it cannot run, so this is what is checked there. The other builds run in the tests above."""
+def test_the_kernels_compile_for_other_x86_targets(tmp_path, kernel, march):
+    """The AVX-512 build (16-lane vectors and its intrinsics) and the AVX-without-AVX2 one compile on any machine
+    with GCC or Clang; a CPU without those cannot run them, so this is what is checked there. This CPU's build
+    and the portable one run in the tests above."""
     compiler = shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         pytest.skip("no C++ compiler")
     source = native_lkdn.SOURCE if kernel == "lkdn_cpu" else native_conv_grad.SOURCE
-    cmd = [compiler, "-O1", "-std=c++17", "-march=skylake-avx512", "-fopenmp", "-pthread",
+    cmd = [compiler, "-O1", "-std=c++17", f"-march={march}", "-fopenmp", "-pthread",
            f"-I{native_build.INCLUDE}", "-c", str(source), "-o", str(tmp_path / "kernel.o")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,9 +1,10 @@
 """The `native` CPU backend: the fused LKDN-S run by C++ kernels compiled on first use.
 
-The kernels (utils/runtime/kernels/lkdn_cpu.cpp) stream each distillation block, and then the tail (c1, c2, the
-upsampler and the pixel shuffle), row by row through all of their steps while the rows are in cache,
-instead of writing ~20 whole-image intermediates per block. The shallow features are FastLKDN's. Built on
-first use by utils/native/build.py. `native_available()` says why it cannot run, if it cannot (no compiler,
+The kernels (utils/runtime/kernels/lkdn_cpu.cpp) compute the shallow features, then stream each distillation
+block, and then the tail (c1, c2, the upsampler and the pixel shuffle), row by row through all of their steps
+while the rows are in cache, instead of writing ~20 whole-image intermediates per block; the threads of one
+image (torch's OpenMP threads) share its rows. Built on first use by utils/native/build.py, with OpenMP where
+the compiler has it. `native_available()` says why it cannot run, if it cannot (no compiler,
 not float32 on a CPU); `make_runner("auto")` then falls back to `fast`.
 """
 
