@@ -350,6 +350,33 @@ void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w
     }
 }
 
+// Vector v of pixel p's C channels into rows of C floats (unpadded): stored whole, spilling its pad lanes into
+// pixel p + 1, which is stored after it (pixels come in order), except at the row's `last` pixel, stored masked
+// (a masked store costs ~10 plain ones on some CPUs: AMD's AVX2).
+template <int C>
+inline void store_channels(float* row, int p, int v, vf a, int last) {
+    const int n = std::min(kLanes, C - v * kLanes);
+    float* to = row + size_t(p) * C + v * kLanes;
+    if (n == kLanes || p < last)
+        store(to, a);
+    else
+        store_lanes(to, a, 0, n);
+}
+
+// The lags of a pipeline of N row steps (step i computes row k - lag[i] at pipeline step k) where step i reads
+// the rows up to reach[i] around its own of step i - 1's output: a step's lag is its input's plus that reach, plus
+// one pipeline step in a team, so that a step reads only rows finished before the team's last barrier.
+template <int N>
+struct Lags {
+    const int (&reach)[N];
+    int lag[N] = {0};
+    Lags(const int (&reach_)[N], bool team) : reach(reach_) {
+        for (int i = 1; i < N; ++i) lag[i] = lag[i - 1] + reach[i] + team;
+    }
+    // ring rows for step i's output: from the oldest row step i + 1 reads to the newest step i writes
+    int ring(int i) const { return lag[i + 1] - lag[i] + reach[i + 1] + 1; }
+};
+
 template <int NV>
 struct Store {  // the plain epilogue: the result as it is, `lanes` floats per pixel
     float* dst;
@@ -403,9 +430,7 @@ struct Block {
         }
     };
 
-    // LayerNorm over the channels, then + x. A pixel's partial last vector is stored whole, spilling into the
-    // next pixel's channels (written after it: pixels come in order), except at the `last` pixel of the row: a
-    // masked store costs ~10 plain ones on some CPUs (AMD's AVX2).
+    // LayerNorm over the channels, then + x, stored by `store_channels` (`last`: the row's last pixel)
     struct NormResidual {
         const float *x, *gamma, *beta, *real;  // real: 1 in the lanes of real channels, else 0
         float* out;
@@ -424,11 +449,7 @@ struct Block {
                 const int n = std::min(kLanes, S::c - v * kLanes);
                 const size_t at = size_t(p) * S::c + v * kLanes;
                 const vf y = centred[v] * rstd * load(gamma + v * kLanes) + load(beta + v * kLanes);
-                const vf result = y + load_lanes(x + at, n);
-                if (n == kLanes || p < last)
-                    store(out + at, result);
-                else
-                    store_lanes(out + at, result, 0, n);
+                store_channels<S::c>(out, p, v, y + load_lanes(x + at, n), last);
             }
         }
         float eps;
@@ -440,16 +461,16 @@ struct Block {
     static void strip(const Params& pr, const float* x, float* out, int h, int w, int c0, int c1, float eps,
                       Team& team, int m, std::vector<float>& memory) {
         const int lw = c1 - c0 + 24, base = c0 - 12;
-        // each step's lag: its input's lag plus the rows its conv reaches below its row, plus one pipeline step
-        // in a team (what a step reads was then finished before the last barrier); one thread: 0 1 2 3 4 6 12
-        constexpr int reach[7] = {0, 1, 1, 1, 1, 2, 6}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
-        int lag[7] = {0};
-        for (int i = 1; i < 7; ++i) lag[i] = lag[i - 1] + reach[i] + (team.size() > 1);
-        // ring rows: from the oldest row a reader needs to the newest its writer adds
-        auto rows = [&](int i) { return lag[i + 1] - lag[i] + reach[i + 1] + 1; };  // step i's ring, read by i + 1
-        Ring t[3] = {{rows(0), lw, S::cp, nullptr}, {rows(1), lw, S::cp, nullptr}, {rows(2), lw, S::cp, nullptr}};
-        Ring t4{rows(3), lw, S::dp, nullptr}, dist{lag[4] + 1, lw, S::dist, nullptr};
-        Ring u{lag[6] - lag[4] + 1, lw, S::cp, nullptr}, a0{rows(4), lw, S::cp, nullptr}, a1{rows(5), lw, S::cp, nullptr};
+        // one thread's lags: 0 1 2 3 4 6 12
+        static constexpr int reach[7] = {0, 1, 1, 1, 1, 2, 6}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
+        const Lags<7> lags(reach, team.size() > 1);
+        const int(&lag)[7] = lags.lag;
+        Ring t[3] = {{lags.ring(0), lw, S::cp, nullptr}, {lags.ring(1), lw, S::cp, nullptr},
+                     {lags.ring(2), lw, S::cp, nullptr}};
+        // dist: written from step 1 on, read by step 5; u: written by step 5, read by step 7
+        Ring t4{lags.ring(3), lw, S::dp, nullptr}, dist{lag[4] + 1, lw, S::dist, nullptr};
+        Ring u{lag[6] - lag[4] + 1, lw, S::cp, nullptr}, a0{lags.ring(4), lw, S::cp, nullptr};
+        Ring a1{lags.ring(5), lw, S::cp, nullptr};
         const auto rings = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
         if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * lw * S::cp, 0.0f);
         team.wait();
@@ -595,9 +616,10 @@ struct Tail {
     // Member `m` of `team` runs its share of the tail on one image; the rings live in `memory`, shared.
     static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
                       int w, Team& team, int m, std::vector<float>& memory) {
-        const int sync = team.size() > 1;  // a team's extra pipeline step per spatial step, as in the blocks
-        const int lag[3] = {0, 1 + sync, 2 + 2 * sync};
-        Ring t{3 + sync, w, S::cp, nullptr}, z{3 + sync, w, S::cp, nullptr};
+        static constexpr int reach[3] = {0, 1, 1};  // c2's depthwise 3x3, then the upsampler's 3x3
+        const Lags<3> lags(reach, team.size() > 1);
+        const int(&lag)[3] = lags.lag;
+        Ring t{lags.ring(0), w, S::cp, nullptr}, z{lags.ring(1), w, S::cp, nullptr};
         const auto rings = {&t, &z};
         if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * w * S::cp, 0.0f);
         team.wait();
@@ -657,20 +679,11 @@ struct Features {
     static constexpr int NC = S::cp / kLanes, kTaps = 27;
     static constexpr size_t params_size() { return size_t(kTaps + 1) * S::cp; }  // (27, cp) weights, bias
 
-    // C channels per pixel, unpadded: whole-vector stores spill into the next pixel, stored after it; the
-    // row's last pixel is stored masked
-    struct StorePixel {
+    struct StorePixel {  // C channels per pixel, unpadded (`last`: the row's last pixel)
         float* dst;
         int last;
         void operator()(int p, const vf* a) const {
-            for (int v = 0; v < NC; ++v) {
-                const int lanes = std::min(kLanes, S::c - v * kLanes);
-                float* to = dst + size_t(p) * S::c + v * kLanes;
-                if (lanes == kLanes || p < last)
-                    store(to, a[v]);
-                else
-                    store_lanes(to, a[v], 0, lanes);
-            }
+            for (int v = 0; v < NC; ++v) store_channels<S::c>(dst, p, v, a[v], last);
         }
     };
 
