@@ -178,19 +178,18 @@ def peak_in_fresh_process(args: argparse.Namespace, path: str, size: str, thread
 
 def time_interleaved(
     runners: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, runs: int, warmup: int
-) -> dict[str, tuple[list[float], list[float]]]:
-    """{name: (wall seconds, process CPU seconds)} over `runs` interleaved rounds, order rotated each round."""
+) -> dict[str, list[float]]:
+    """{name: wall seconds} over `runs` interleaved rounds, order rotated each round."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
             runners[name](x)
-    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(runs):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            wall, cpu = time.perf_counter(), time.process_time()
+            start = time.perf_counter()
             runners[name](x)
-            times[name][0].append(time.perf_counter() - wall)
-            times[name][1].append(time.process_time() - cpu)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -299,7 +298,7 @@ def measure_size(
         runs = rounds_for(args, time.perf_counter() - start)
     diffs = {name: float((run(x) - expected).abs().max()) for name, run in runners.items()}  # also compiles
     times = time_interleaved(runners, x, runs, args.warmup)
-    wall = {name: statistics.median(walls) for name, (walls, _) in times.items()}
+    wall = {name: statistics.median(walls) for name, walls in times.items()}
     baselines = [name for name in runners if name.startswith("native@")]
     print(
         f"\n== {threads} thread{'s' if threads > 1 else ''}, LR {label} (median of {runs} interleaved rounds)"
