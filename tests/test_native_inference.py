@@ -96,6 +96,23 @@ def test_workspace_is_reused_across_sizes_and_never_returned(random_lkdn_s):
 
 
 @needs_kernels
+def test_the_rings_memory_kept_between_calls_never_leaks_into_a_result(random_lkdn_s):
+    """The kernels keep their row rings' memory between calls and zero only the columns outside the image: a
+    small image gives the same bits before and after a wide one (whose column strips write those columns'
+    places) and one run by a team of threads (other ring sizes)."""
+    g = torch.Generator().manual_seed(12)
+    small, wide = torch.rand(1, 3, 9, 20, generator=g), torch.rand(1, 3, 6, 530, generator=g)
+    module = NativeLKDN(random_lkdn_s).eval()
+    with torch.inference_mode():
+        first = module(small)
+        module(wide)
+        torch.testing.assert_close(module(small), first, atol=0, rtol=0)
+        native_output(random_lkdn_s, wide, threads=2)
+        torch.testing.assert_close(module(small), first, atol=0, rtol=0)
+    torch.testing.assert_close(first, reference_output(random_lkdn_s, small), atol=ATOL, rtol=0)
+
+
+@needs_kernels
 def test_native_equals_reference_authors_checkpoint(reference_dir, benchmark_dir):
     model = build_model_from_checkpoint(reference_dir / "LKDN-S_del_rep_x4.pth").eval()
     x = torch.from_numpy(np.load(reference_dir / "golden_input_1x3x37x53.npy"))
@@ -216,7 +233,7 @@ def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
 
 @pytest.mark.parametrize("threads", ["std::thread", "OpenMP"])
 def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads):
-    """A block and the tail at 42 and 56 channels on odd sizes (1x1 to 3x530, batch 1-3, 1-3 threads), built with
+    """The whole network at 42 and 56 channels on odd sizes (1x1 to 3x530, batch 1-3, 1-3 threads), built with
     ASan and UBSan: the kernels read raw memory through row rings and masked vector moves."""
     flags = ("-pthread",) if threads == "std::thread" else ("-pthread", "-fopenmp")
     run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, flags)

@@ -56,7 +56,17 @@ inline void store_lanes(float* p, vf v, int from, int to) {
     std::memcpy(p + from, reinterpret_cast<const float*>(&v) + from, (to - from) * sizeof(float));
 #endif
 }
-inline vf splat(float s) { return vf{} + s; }
+inline vf splat(float s) {  // `vf{} + s` would add 0 to s first (it may be -0): a wasted add per broadcast
+#if defined(__AVX512F__)
+    return vf(_mm512_set1_ps(s));
+#elif defined(__AVX__)
+    return vf(_mm256_set1_ps(s));
+#else
+    vf v;
+    for (int l = 0; l < kLanes; ++l) v[l] = s;
+    return v;
+#endif
+}
 constexpr int round_up(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 }  // namespace

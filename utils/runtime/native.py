@@ -49,6 +49,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_features.argtypes = [ptr, ptr, i32, i32, i32, i32, ptr, i32]
     lib.lkdn_tail.restype = i32
     lib.lkdn_tail.argtypes = [ptr, i32, ptr, ptr, i32, i32, i32, i32, ptr, i32]
+    lib.lkdn_forward.restype = i32
+    lib.lkdn_forward.argtypes = [ptr, ptr, ptr, ptr, *[i32] * 5, ptr, ptr, ptr, ptr, i32]
 
 
 KERNEL = NativeLibrary(SOURCE, openmp=True, declare=_declare)
@@ -195,11 +197,11 @@ def lkdn_tail(hidden: list[Tensor], feat: Tensor, params: Tensor, threads: int |
 class NativeLKDN(FastLKDN):
     """FastLKDN run by the native kernels for float32 on a CPU (elsewhere it is FastLKDN).
 
-    The blocks' outputs go to a workspace kept between calls (per thread, grown to the largest input seen,
-    at most WORKSPACE_BYTES; `release_workspace()` frees it): fresh memory for them on every call costs
-    more in page faults than a block takes to run. Raises KernelUnavailable when the kernels cannot be
-    built here, and ValueError for a model they were not written for (42 or 56 channels, LKA dilation 3,
-    x4 RGB output).
+    The shallow features and the blocks' outputs go to a workspace kept between calls (per thread, grown to
+    the largest input seen, at most WORKSPACE_BYTES; `release_workspace()` frees it): fresh memory for them on
+    every call costs more in page faults than a block takes to run. One kernel call runs the whole network.
+    Raises KernelUnavailable when the kernels cannot be built here, and ValueError for a model they were not
+    written for (42 or 56 channels, LKA dilation 3, x4 RGB output).
     """
 
     WORKSPACE_BYTES = 1 << 30
@@ -218,14 +220,15 @@ class NativeLKDN(FastLKDN):
                 self.register_buffer(f"packed{i}", pack_block(block))
             self.register_buffer("packed_tail", pack_tail(self))
             self.register_buffer("packed_features", pack_features(self))
+        self._eps = (ctypes.c_float * len(self.blocks))(*(block.eps for block in self.blocks))
         self._workspace: dict[int, Tensor] = {}  # thread id -> flat float32 buffer
 
     def release_workspace(self) -> None:
         self._workspace.clear()
 
-    def _block_outputs(self, shape: torch.Size) -> list[Tensor]:
-        """One NHWC buffer per block, from this thread's workspace."""
-        count, size = len(self.blocks), shape.numel()
+    def _stage_outputs(self, shape: torch.Size) -> list[Tensor]:
+        """NHWC buffers for the shallow features and each block's output, from this thread's workspace."""
+        count, size = len(self.blocks) + 1, shape.numel()
         thread = threading.get_ident()
         flat = self._workspace.get(thread)
         if flat is None or flat.numel() < count * size:
@@ -237,11 +240,38 @@ class NativeLKDN(FastLKDN):
         return [flat[i * size : (i + 1) * size].view(shape) for i in range(count)]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or self.packed_tail.device.type != "cpu":
+        packed = self.packed_tail
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or packed.device.type != "cpu"
+            or packed.dtype != x.dtype
+        ):
             return super().forward(x)
-        feat = lkdn_features(x.contiguous(), self.packed_features, self.fea_w.shape[0])
-        hidden = self._block_outputs(feat.shape)
-        previous = feat
-        for i, (block, out) in enumerate(zip(self.blocks, hidden, strict=True)):
-            previous = lkdb_forward(previous, getattr(self, f"packed{i}"), block.eps, out=out)
-        return lkdn_tail(hidden, feat, self.packed_tail)
+        x = x.contiguous()
+        n, _, h, w = x.shape
+        c = self.fea_w.shape[0]
+        feat, *hidden = self._stage_outputs(torch.Size([n, h, w, c]))
+        out = torch.empty(n, 3, 4 * h, 4 * w)
+        blocks = len(hidden)
+        params = [getattr(self, f"packed{i}") for i in range(blocks)]
+        _check_tensors(x, shape=torch.Size([n, 3, h, w]))  # 3 colour channels, as the features' conv needs
+        status = load_kernel().lkdn_forward(
+            x.data_ptr(),
+            feat.data_ptr(),
+            (ctypes.c_void_p * blocks)(*(t.data_ptr() for t in hidden)),
+            out.data_ptr(),
+            n,
+            h,
+            w,
+            c,
+            blocks,
+            self.packed_features.data_ptr(),
+            (ctypes.c_void_p * blocks)(*(t.data_ptr() for t in params)),
+            self._eps,
+            self.packed_tail.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status:
+            raise ValueError(f"the native kernel does not support {c} channels")
+        return out

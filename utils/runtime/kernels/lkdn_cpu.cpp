@@ -1,5 +1,6 @@
-// The fused LKDN-S / LKDN on a CPU, streamed row by row: one LKDB (distillation block) per `lkdb_forward` call,
-// then `lkdn_tail` (c1, c2, the upsampler, the pixel shuffle), on NHWC float32 images.
+// The fused LKDN-S / LKDN on a CPU, streamed row by row: `lkdn_forward` runs the shallow features, each LKDB
+// (distillation block) and the tail (c1, c2, the upsampler, the pixel shuffle) on NHWC float32 images; each stage
+// is also exported alone (`lkdn_features`, `lkdb_forward`, `lkdn_tail`) for tests.
 //
 // Why: a straightforward forward pass writes every intermediate (about 20 tensors per block) to memory and
 // reads it back; here each image row goes through all the block's steps while its neighbourhood is still in
@@ -90,6 +91,8 @@ inline vf divide(vf a, vf b) {
 inline vf clamp(vf x, float lo, float hi) {
 #if defined(__AVX512F__)
     return vf(_mm512_min_ps(_mm512_max_ps(__m512(x), _mm512_set1_ps(lo)), _mm512_set1_ps(hi)));
+#elif defined(__AVX__)  // one instruction each, where the vector `?:` below takes a compare and a blend
+    return vf(_mm256_min_ps(_mm256_max_ps(__m256(x), _mm256_set1_ps(lo)), _mm256_set1_ps(hi)));
 #else
     x = x < lo ? splat(lo) : x;
     return x > hi ? splat(hi) : x;
@@ -219,10 +222,27 @@ struct Ring {
     float* data;
     float* row(int y) const { return data + (size_t(y % rows) * (width + 2 * kPadX) + kPadX) * lanes; }
     size_t floats() const { return size_t(rows) * (width + 2 * kPadX) * lanes; }
+    // Zeroes every row's columns left of `from` and from `to` on, side columns included: the columns outside
+    // the image, which no step writes and the depthwise convs read as their zero padding.
+    void zero_outside(int from, int to) const {
+        for (int r = 0; r < rows; ++r) {
+            float* at = data + size_t(r) * (width + 2 * kPadX) * lanes;  // column -kPadX
+            std::fill(at, at + size_t(kPadX + from) * lanes, 0.0f);
+            std::fill(at + size_t(kPadX + to) * lanes, at + size_t(width + 2 * kPadX) * lanes, 0.0f);
+        }
+    }
 };
 
-// Places `rings` one after another from `at` (zeroed by the caller: columns a step never computes, outside the
-// image, stay zero: the depthwise convs' padding); returns where the next data may go.
+// The calling thread's memory for rings, at least `floats` of it, kept between calls: allocating and zeroing
+// it for every block cost more than a block of a small image takes to run. Its old contents are never read
+// (a step reads only rows and columns written before in the same call, or those `zero_outside` zeroes).
+inline float* ring_memory(size_t floats) {
+    static thread_local std::vector<float> memory;
+    if (memory.size() < floats) memory.resize(floats);
+    return memory.data();
+}
+
+// Places `rings` one after another from `at`; returns where the next data may go.
 float* lay_out(float* at, std::initializer_list<Ring*> rings) {
     for (Ring* r : rings) {
         r->data = at;
@@ -457,9 +477,9 @@ struct Block {
 
     // Member `m` of `team` runs its share of the block over columns [c0, c1) of one h x w image (all rows).
     // Columns get halos: ring rows hold the strip's columns and 12 more on each side (local column 0 is
-    // c0 - 12). The rings live in `memory`, shared by the team; member 0 zeroes them first.
+    // c0 - 12). The rings live in member 0's `ring_memory`, shared by the team through `memory`.
     static void strip(const Params& pr, const float* x, float* out, int h, int w, int c0, int c1, float eps,
-                      Team& team, int m, std::vector<float>& memory) {
+                      Team& team, int m, float*& memory) {
         const int lw = c1 - c0 + 24, base = c0 - 12;
         // one thread's lags: 0 1 2 3 4 6 12
         static constexpr int reach[7] = {0, 1, 1, 1, 1, 2, 6}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
@@ -472,11 +492,15 @@ struct Block {
         Ring u{lag[6] - lag[4] + 1, lw, S::cp, nullptr}, a0{lags.ring(4), lw, S::cp, nullptr};
         Ring a1{lags.ring(5), lw, S::cp, nullptr};
         const auto rings = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
-        if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * lw * S::cp, 0.0f);
+        if (m == 0) {
+            memory = ring_memory(floats(rings) + size_t(team.size()) * lw * S::cp);
+            lay_out(memory, rings);
+            for (const Ring* r : rings) r->zero_outside(std::max(0, -base), std::min(lw, w - base));
+        }
         team.wait();
-        // then each member's row of a depthwise step's output, by local column (members' shares of different
-        // steps overlap)
-        float* scratch = lay_out(memory.data(), rings) + size_t(m) * lw * S::cp;
+        // after the rings, each member's row of a depthwise step's output, by local column (members' shares of
+        // different steps overlap)
+        float* scratch = lay_out(memory, rings) + size_t(m) * lw * S::cp;
         float real[S::cp] = {};
         std::fill(real, real + S::c, 1.0f);
 
@@ -544,7 +568,7 @@ struct Block {
         // column strips of at most kStrip pixels keep the rings in cache (measured)
         const int strips = (w + kStrip - 1) / kStrip;
         Team team(team_size(threads, w));
-        std::vector<float> memory;
+        float* memory = nullptr;
         team.run([&](int m) {
             for (int i = 0; i < n; ++i) {
                 const size_t offset = size_t(i) * h * w * S::c;
@@ -613,17 +637,22 @@ struct Tail {
         }
     };
 
-    // Member `m` of `team` runs its share of the tail on one image; the rings live in `memory`, shared.
+    // Member `m` of `team` runs its share of the tail on one image; the rings live in member 0's `ring_memory`,
+    // shared by the team through `memory`.
     static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
-                      int w, Team& team, int m, std::vector<float>& memory) {
+                      int w, Team& team, int m, float*& memory) {
         static constexpr int reach[3] = {0, 1, 1};  // c2's depthwise 3x3, then the upsampler's 3x3
         const Lags<3> lags(reach, team.size() > 1);
         const int(&lag)[3] = lags.lag;
         Ring t{lags.ring(0), w, S::cp, nullptr}, z{lags.ring(1), w, S::cp, nullptr};
         const auto rings = {&t, &z};
-        if (m == 0) memory.assign(floats(rings) + size_t(team.size()) * w * S::cp, 0.0f);
+        if (m == 0) {
+            memory = ring_memory(floats(rings) + size_t(team.size()) * w * S::cp);
+            lay_out(memory, rings);
+            for (const Ring* r : rings) r->zero_outside(0, w);
+        }
         team.wait();
-        float* scratch = lay_out(memory.data(), rings) + size_t(m) * w * S::cp;  // this member's c1 output row
+        float* scratch = lay_out(memory, rings) + size_t(m) * w * S::cp;  // this member's c1 output row
         int lo, hi;
         team.share(m, 0, w, lo, hi);
         const int cols = hi - lo;
@@ -658,7 +687,7 @@ struct Tail {
                     const float* params, int threads) {
         const TailParams pr(blocks, params);
         Team team(team_size(threads, w));
-        std::vector<float> memory;
+        float* memory = nullptr;
         team.run([&](int m) {
             std::vector<const float*> image_hidden(blocks);
             for (int i = 0; i < n; ++i) {
@@ -711,6 +740,20 @@ struct Features {
         });
     }
 };
+
+// The whole network, one stage after another (see lkdn_forward).
+template <int C>
+void network(const float* x, float* feat, float* const* hidden, float* out, int n, int h, int w, int blocks,
+             const float* features_params, const float* const* block_params, const float* eps,
+             const float* tail_params, int threads) {
+    Features<C>::run(x, feat, n, h, w, features_params, threads);
+    const float* previous = feat;
+    for (int i = 0; i < blocks; ++i) {
+        Block<C>::run(previous, hidden[i], n, h, w, block_params[i], eps[i], threads);
+        previous = hidden[i];
+    }
+    Tail<C>::run(hidden, blocks, feat, out, n, h, w, tail_params, threads);
+}
 
 }  // namespace
 
@@ -781,6 +824,25 @@ int lkdb_forward(const float* x, float* out, int n, int h, int w, int channels, 
         case 42: Block<42>::run(x, out, n, h, w, params, eps, threads); return 0;
         case 56: Block<56>::run(x, out, n, h, w, params, eps, threads); return 0;
         default: return -1;
+    }
+}
+
+// The whole network on n images in one call (a call per stage cost Python ~3% of a 32x32 image's time):
+// the shallow features of x (n x 3 x h x w, NCHW) into feat, block i (weights block_params[i], LayerNorm eps[i])
+// from the previous stage's output into hidden[i], the tail into out (n x 3 x 4h x 4w, NCHW); feat and hidden
+// are n x h x w x channels (NHWC). Returns 0, or -1 for a channel count it was not built for.
+int lkdn_forward(const float* x, float* feat, float* const* hidden, float* out, int n, int h, int w, int channels,
+                 int blocks, const float* features_params, const float* const* block_params, const float* eps,
+                 const float* tail_params, int threads) {
+    switch (channels) {
+        case 42:
+            network<42>(x, feat, hidden, out, n, h, w, blocks, features_params, block_params, eps, tail_params, threads);
+            return 0;
+        case 56:
+            network<56>(x, feat, hidden, out, n, h, w, blocks, features_params, block_params, eps, tail_params, threads);
+            return 0;
+        default:
+            return -1;
     }
 }
 }
