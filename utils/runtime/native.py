@@ -250,12 +250,12 @@ class NativeLKDN(FastLKDN):
             return super().forward(x)
         x = x.contiguous()
         n, _, h, w = x.shape
+        _check_tensors(x, shape=torch.Size([n, 3, h, w]))  # 3 colour channels, as the features' conv needs
         c = self.fea_w.shape[0]
         feat, *hidden = self._stage_outputs(torch.Size([n, h, w, c]))
         out = torch.empty(n, 3, 4 * h, 4 * w)
         blocks = len(hidden)
         params = [getattr(self, f"packed{i}") for i in range(blocks)]
-        _check_tensors(x, shape=torch.Size([n, 3, h, w]))  # 3 colour channels, as the features' conv needs
         status = load_kernel().lkdn_forward(
             x.data_ptr(),
             feat.data_ptr(),
