@@ -1,8 +1,9 @@
 // Float vectors for the C++ kernels (lkdn_cpu.cpp, conv_grad.cpp): GCC/Clang vector extensions, so they compile
 // for any target. A vector is one register of the target: 16 lanes with AVX-512, 8 otherwise (one AVX2 register,
 // or two SSE registers). Wider than a register, the compiler splits every vector op and spills: on an AVX2-only
-// CPU a 16-lane build of lkdn_cpu.cpp ran 7.5x slower than an 8-lane one, slower than PyTorch's reference. Partial vectors use masked moves where the
-// target has them (through a stack copy they would stall on store forwarding).
+// CPU a 16-lane build of lkdn_cpu.cpp ran 7.5x slower than an 8-lane one, slower than PyTorch's reference.
+// Partial vectors use masked moves where the target has them (through a stack copy they would stall on store
+// forwarding).
 #pragma once
 
 #include <cstring>

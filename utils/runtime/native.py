@@ -45,8 +45,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_gelu.argtypes = [ptr, ptr, ctypes.c_long]
     lib.lkdn_features_params_size.restype = ctypes.c_long
     lib.lkdn_features_params_size.argtypes = [i32]
-    lib.lkdn_features.restype = i32
-    lib.lkdn_features.argtypes = [ptr, ptr, i32, i32, i32, i32, ptr, i32]
     lib.lkdn_tail.restype = i32
     lib.lkdn_tail.argtypes = [ptr, i32, ptr, ptr, i32, i32, i32, i32, ptr, i32]
     lib.lkdn_forward.restype = i32
@@ -133,6 +131,11 @@ def _threads(threads: int | None) -> int:
     return torch.get_num_threads() if threads is None else threads
 
 
+def _pointers(tensors: list[Tensor]) -> ctypes.Array:
+    """The tensors' data pointers as a C array, for a kernel argument that takes one per block."""
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
 def _check_tensors(*tensors: Tensor, shape: torch.Size) -> None:
     """The kernels read raw memory: anything but contiguous float32 CPU tensors of `shape` is refused."""
     for t in tensors:
@@ -156,29 +159,14 @@ def lkdb_forward(
     return out
 
 
-def lkdn_features(x: Tensor, params: Tensor, channels: int, threads: int | None = None) -> Tensor:
-    """The shallow features of NCHW 3-channel float32 `x`, NHWC, with `pack_features`' weights."""
-    n, _, h, w = x.shape
-    lib = load_kernel()
-    _check_tensors(x, shape=torch.Size([n, 3, h, w]))
-    _check_tensors(params, shape=torch.Size([lib.lkdn_features_params_size(channels)]))
-    out = torch.empty(n, h, w, channels)
-    if lib.lkdn_features(
-        x.data_ptr(), out.data_ptr(), n, h, w, channels, params.data_ptr(), _threads(threads)
-    ):
-        raise ValueError(f"the native kernel does not support {channels} channels")
-    return out
-
-
 def lkdn_tail(hidden: list[Tensor], feat: Tensor, params: Tensor, threads: int | None = None) -> Tensor:
     """c1 over the blocks' outputs, c2, the x4 upsampler and pixel shuffle: NHWC in, NCHW 3-channel out."""
     n, h, w, c = feat.shape
     _check_tensors(feat, *hidden, shape=feat.shape)
     _check_tensors(params, shape=torch.Size([load_kernel().lkdn_tail_params_size(c, len(hidden))]))
     out = torch.empty(n, 3, 4 * h, 4 * w)
-    pointers = (ctypes.c_void_p * len(hidden))(*(t.data_ptr() for t in hidden))
     status = load_kernel().lkdn_tail(
-        pointers,
+        _pointers(hidden),
         len(hidden),
         feat.data_ptr(),
         out.data_ptr(),
@@ -259,7 +247,7 @@ class NativeLKDN(FastLKDN):
         status = load_kernel().lkdn_forward(
             x.data_ptr(),
             feat.data_ptr(),
-            (ctypes.c_void_p * blocks)(*(t.data_ptr() for t in hidden)),
+            _pointers(hidden),
             out.data_ptr(),
             n,
             h,
@@ -267,7 +255,7 @@ class NativeLKDN(FastLKDN):
             c,
             blocks,
             self.packed_features.data_ptr(),
-            (ctypes.c_void_p * blocks)(*(t.data_ptr() for t in params)),
+            _pointers(params),
             self._eps,
             self.packed_tail.data_ptr(),
             torch.get_num_threads(),

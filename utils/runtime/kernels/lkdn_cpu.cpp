@@ -1,6 +1,6 @@
 // The fused LKDN-S / LKDN on a CPU, streamed row by row: `lkdn_forward` runs the shallow features, each LKDB
-// (distillation block) and the tail (c1, c2, the upsampler, the pixel shuffle) on NHWC float32 images; each stage
-// is also exported alone (`lkdn_features`, `lkdb_forward`, `lkdn_tail`) for tests.
+// (distillation block) and the tail (c1, c2, the upsampler, the pixel shuffle) on NHWC float32 images; a block
+// and the tail are also exported alone (`lkdb_forward`, `lkdn_tail`) for tests.
 //
 // Why: a straightforward forward pass writes every intermediate (about 20 tensors per block) to memory and
 // reads it back; here each image row goes through all the block's steps while its neighbourhood is still in
@@ -39,9 +39,6 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -783,16 +780,6 @@ long lkdn_features_params_size(int channels) {
         case 42: return long(Features<42>::params_size());
         case 56: return long(Features<56>::params_size());
         default: return 0;
-    }
-}
-
-// The shallow features of n images: x is n x 3 x h x w (NCHW), out n x h x w x channels (NHWC). Returns 0, or -1
-// for an unsupported channel count.
-int lkdn_features(const float* x, float* out, int n, int h, int w, int channels, const float* params, int threads) {
-    switch (channels) {
-        case 42: Features<42>::run(x, out, n, h, w, params, threads); return 0;
-        case 56: Features<56>::run(x, out, n, h, w, params, threads); return 0;
-        default: return -1;
     }
 }
 
