@@ -1,18 +1,20 @@
 """Inference speed of every CPU path against the straightforward fused module, over a sweep of image sizes.
 
     python benchmarks/bench_inference.py [--threads 1 2] [--sizes 32x32 80x120 256x256 339x510 512x512]
-                                         [--baseline 6213163] [--runs 7] [--no-onnx] [--no-openvino]
+                                         [--baseline 6213163] [--runs 31] [--no-onnx] [--no-openvino]
                                          [--compile] [--detail] [--model_path CKPT]
 
 One process. For each thread count and each LR size (random 1x3xHxW inputs, seeded; `div2k` names the
 DIV2K-valid-sized ../shared/data/div2k_sample/0853x4.png), every path is warmed up, then timed in interleaved
 rounds (the order rotates each round), so load from other processes hits all of them alike. Printed per path:
-median wall time, its ratio to the reference (the straightforward fused module) and to the `native` backend of
-each `--baseline` revision (that commit's kernel and Python module, built and run in this process:
-benchmarks/baseline.py), and the max abs difference from the reference output. Paths: reference, native,
-native at each baseline revision, fast, onnxruntime and OpenVINO (both on the exported ONNX graph; OpenVINO's
-CPU plugin compiled for the size with f32 inference precision), torch.compile of the reference with
-`--compile`. Rounds: `--runs`, fewer (at least 3) where one reference call takes over 2 s.
+median wall time; its speed relative to the reference (the straightforward fused module) and to the `native`
+backend of each `--baseline` revision (that commit's kernel and Python module, built and run in this process:
+benchmarks/baseline.py), each the median over rounds of the other path's time divided by this path's in the
+same round, so that a shared machine's speed drifting between rounds cancels, with the quartiles of those
+per-round ratios against the reference; and the max abs difference from the reference output. Paths: reference,
+native, native at each baseline revision, fast, onnxruntime and OpenVINO (both on the exported ONNX graph;
+OpenVINO's CPU plugin compiled for the size with f32 inference precision), torch.compile of the reference with
+`--compile`. Rounds: `--runs`, fewer (at least 3) where the reference's calls would take over 20 s in all.
 
 `--detail` adds, per size, the peak resident memory one call of each path adds (measured in a fresh process
 per path), the bytes written by its tensor ops, and a rough roofline: the conv MACs and exact-GELU elements at
@@ -279,8 +281,21 @@ def build_runners(
 
 
 def rounds_for(args: argparse.Namespace, reference_seconds: float) -> int:
-    """`--runs` rounds, fewer where one reference call is long (at least 3)."""
-    return args.runs if reference_seconds <= 2.0 else max(3, min(args.runs, int(20 / reference_seconds)))
+    """`--runs` rounds, fewer (at least 3) where the reference's calls would take over 20 s in all."""
+    return min(args.runs, max(3, int(20 / reference_seconds)))
+
+
+def round_ratios(times: dict[str, list[float]], over: str, name: str) -> list[float]:
+    """`over`'s time divided by `name`'s, round by round (both ran in the same round)."""
+    return [a / b for a, b in zip(times[over], times[name], strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(lower quartile, median, upper quartile); all three the value itself for a single one."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 def measure_size(
@@ -303,12 +318,13 @@ def measure_size(
     print(
         f"\n== {threads} thread{'s' if threads > 1 else ''}, LR {label} (median of {runs} interleaved rounds)"
     )
-    head = f"{'path':40s} {'wall ms':>9s} {'vs reference':>12s}"
+    head = f"{'path':40s} {'wall ms':>9s} {'vs reference':>12s} {'(quartiles)':>13s}"
     head += "".join(f" {'vs ' + b:>20s}" for b in baselines) + f" {'max|diff|':>10s}"
     print(head)
     for name in runners:
-        row = f"{name:40s} {wall[name] * 1e3:9.1f} {wall['reference'] / wall[name]:11.2f}x"
-        row += "".join(f" {wall[b] / wall[name]:19.2f}x" for b in baselines)
+        q1, ratio, q3 = quartiles(round_ratios(times, "reference", name))
+        row = f"{name:40s} {wall[name] * 1e3:9.1f} {ratio:11.2f}x {f'({q1:.2f}-{q3:.2f})':>13s}"
+        row += "".join(f" {statistics.median(round_ratios(times, b, name)):19.2f}x" for b in baselines)
         print(row + f" {diffs[name]:10.2e}")
     if machine is not None:
         print_detail(model, runners, args, size, threads, x, wall, machine)
@@ -363,7 +379,9 @@ def main() -> None:
     p.add_argument(
         "--baseline", nargs="*", default=[BASELINE], help="git revisions whose native backend to time"
     )
-    p.add_argument("--runs", type=int, default=7, help="timed interleaved rounds (median reported)")
+    p.add_argument(
+        "--runs", type=int, default=31, help="timed interleaved rounds, at most (medians reported)"
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument(
         "--model_path", default=None, help=f"fused or training checkpoint (default {AUTHORS_FUSED})"

@@ -14,6 +14,7 @@ from utils.runtime.native import NativeLKDN, native_available
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from baseline import BaselineUnavailable, load_native  # noqa: E402
+from bench_inference import quartiles, round_ratios  # noqa: E402
 
 in_git_checkout = pytest.mark.skipif(
     shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs git and a git checkout"
@@ -39,6 +40,18 @@ def test_the_baseline_of_head_is_todays_native_backend():
 def test_an_unknown_revision_is_reported_not_guessed():
     with pytest.raises(BaselineUnavailable, match="no-such-revision"):
         load_native("no-such-revision", lkdn_s(fused=True))
+
+
+def test_ratios_are_taken_round_by_round_so_a_drifting_machine_cancels():
+    """In every round native took a quarter of the reference's time, but the machine slowed to a third of its
+    speed in round 3, between the two calls: the per-round ratios say 4x, the medians of the raw times
+    (1.0 / 0.75) would say 1.33x."""
+    times = {"reference": [1.0, 1.0, 1.0, 3.0, 3.0], "native": [0.25, 0.25, 0.75, 0.75, 0.75]}
+    ratios = round_ratios(times, "reference", "native")
+    assert ratios == pytest.approx([4.0, 4.0, 4.0 / 3.0, 4.0, 4.0])
+    assert quartiles(ratios) == pytest.approx((4.0, 4.0, 4.0))
+    assert quartiles([3.0]) == (3.0, 3.0, 3.0)
+    assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
 
 
 def test_the_sweep_prints_a_row_per_path_and_size(tmp_path):
