@@ -96,7 +96,8 @@ inline vf clamp(vf x, float lo, float hi) {
 #endif
 }
 
-inline vf erf(vf x) {
+// Always inlined: GCC left erf a call where GELU feeds a masked store, and a call per vector cost a block 1-3%.
+__attribute__((always_inline)) inline vf erf(vf x) {
     x = clamp(x, -4.0f, 4.0f);
     const vf x2 = x * x;
     vf p = splat(-2.72614225801306e-10f);
@@ -113,7 +114,7 @@ inline vf erf(vf x) {
     q = q * x2 - 1.42647390514189e-02f;
     return divide(x * p, q);
 }
-inline vf gelu(vf x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
+__attribute__((always_inline)) inline vf gelu(vf x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
 
 // Widths of a block with C channels: padded channels, the fused [refine | distill] product, distilled.
 template <int C>
