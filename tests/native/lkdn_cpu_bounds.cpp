@@ -1,6 +1,7 @@
-// Calls utils/runtime/kernels/lkdn_cpu.cpp (the whole network: shallow features, two blocks, the tail) on odd sizes,
-// one after another (the rings' memory is kept between calls), with buffers of exactly the tensors' sizes, for a build with -fsanitize=address,undefined or -fsanitize=thread (tests/test_native_inference.py): any
-// read or write out of bounds, or a data race between the threads of a team, fails it.
+// Calls utils/runtime/kernels/lkdn_cpu.cpp (the whole network: shallow features, two blocks, the tail) on odd
+// sizes, one after another (the rings' memory is kept between calls), with buffers of exactly the tensors' sizes,
+// for a build with -fsanitize=address,undefined or -fsanitize=thread (tests/test_native_inference.py): any read or
+// write out of bounds, or a data race between the threads of a team, fails it.
 #include <cstdio>
 #include <cstdlib>
 #include <vector>

@@ -302,6 +302,19 @@ class Team {
         }
     }
 
+    // Lays out the team's shared `rings` and, after them, a row of `row` floats per member, and returns member
+    // m's row once every member may use them: member 0 takes the memory from its `ring_memory` (`memory` hands it
+    // to the others) and zeroes the rings' columns outside [from, to), the image.
+    float* share_rings(std::initializer_list<Ring*> rings, size_t row, int from, int to, int m, float*& memory) {
+        if (m == 0) {
+            memory = ring_memory(floats(rings) + size_t(size_) * row);
+            lay_out(memory, rings);
+            for (const Ring* r : rings) r->zero_outside(from, to);
+        }
+        wait();
+        return lay_out(memory, rings) + size_t(m) * row;
+    }
+
     // Member m's share [lo, hi) of the columns [a, b).
     void share(int m, int a, int b, int& lo, int& hi) const {
         lo = a + int(int64_t(b - a) * m / size_);
@@ -490,15 +503,10 @@ struct Block {
         Ring u{lag[6] - lag[4] + 1, lw, S::cp, nullptr}, a0{lags.ring(4), lw, S::cp, nullptr};
         Ring a1{lags.ring(5), lw, S::cp, nullptr};
         const auto rings = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
-        if (m == 0) {
-            memory = ring_memory(floats(rings) + size_t(team.size()) * lw * S::cp);
-            lay_out(memory, rings);
-            for (const Ring* r : rings) r->zero_outside(std::max(0, -base), std::min(lw, w - base));
-        }
-        team.wait();
-        // after the rings, each member's row of a depthwise step's output, by local column (members' shares of
-        // different steps overlap)
-        float* scratch = lay_out(memory, rings) + size_t(m) * lw * S::cp;
+        // this member's row of a depthwise step's output, by local column (members' shares of different steps
+        // overlap)
+        float* scratch =
+            team.share_rings(rings, size_t(lw) * S::cp, std::max(0, -base), std::min(lw, w - base), m, memory);
         float real[S::cp] = {};
         std::fill(real, real + S::c, 1.0f);
 
@@ -644,13 +652,7 @@ struct Tail {
         const int(&lag)[3] = lags.lag;
         Ring t{lags.ring(0), w, S::cp, nullptr}, z{lags.ring(1), w, S::cp, nullptr};
         const auto rings = {&t, &z};
-        if (m == 0) {
-            memory = ring_memory(floats(rings) + size_t(team.size()) * w * S::cp);
-            lay_out(memory, rings);
-            for (const Ring* r : rings) r->zero_outside(0, w);
-        }
-        team.wait();
-        float* scratch = lay_out(memory, rings) + size_t(m) * w * S::cp;  // this member's c1 output row
+        float* scratch = team.share_rings(rings, size_t(w) * S::cp, 0, w, m, memory);  // this member's c1 output row
         int lo, hi;
         team.share(m, 0, w, lo, hi);
         const int cols = hi - lo;
