@@ -23,7 +23,7 @@
 // halo it needs beside it.
 // Channels are padded to whole vectors inside; pad lanes may hold junk but are never read as channels
 // (matrix products read only real input channels, depthwise steps are lane-wise, LayerNorm masks them).
-// Bias, GELU, the attention product and LayerNorm are applied to results still in registers.
+// Bias, GELU, the attention product and LayerNorm are applied to a product's results before they are stored.
 //
 // Portable C++17 with GCC/Clang vector extensions (utils/native/vector.h): built with -march=native it uses what
 // the CPU has (AVX-512 or AVX2, with a few intrinsics where they matter), and it is correct on any target (tests
@@ -83,8 +83,7 @@ inline vf divide(vf a, vf b) {
 #endif
 }
 
-// erf(x) ~ x P(x^2) / Q(x^2), clamped to [-4, 4]; the GELU built on it stays within 5e-7 max(1, |x|) of torch's
-// exact GELU (tests/test_native_inference.py checks it through `lkdn_gelu`).
+// x clamped to [lo, hi]
 inline vf clamp(vf x, float lo, float hi) {
 #if defined(__AVX512F__)
     return vf(_mm512_min_ps(_mm512_max_ps(__m512(x), _mm512_set1_ps(lo)), _mm512_set1_ps(hi)));
@@ -96,25 +95,26 @@ inline vf clamp(vf x, float lo, float hi) {
 #endif
 }
 
-// Always inlined: GCC had left erf a function call, per vector, where GELU feeds a masked store.
-__attribute__((always_inline)) inline vf erf(vf x) {
-    x = clamp(x, -4.0f, 4.0f);
-    const vf x2 = x * x;
-    vf p = splat(-2.72614225801306e-10f);
-    p = p * x2 + 2.77068142495902e-08f;
-    p = p * x2 - 2.10102402082508e-06f;
-    p = p * x2 - 5.69250639462346e-05f;
-    p = p * x2 - 7.34990630326855e-04f;
-    p = p * x2 - 2.95459980854025e-03f;
-    p = p * x2 - 1.60960333262415e-02f;
-    vf q = splat(-1.45660718464996e-05f);
-    q = q * x2 - 2.13374055278905e-04f;
-    q = q * x2 - 1.68282697438203e-03f;
-    q = q * x2 - 7.37332916720468e-03f;
-    q = q * x2 - 1.42647390514189e-02f;
-    return divide(x * p, q);
+// GELU(x) = x (1/2 + erf(x / sqrt 2) / 2), with erf(s) ~ s P(s^2) / Q(s^2) for |s| <= 4 (and +-1 beyond, to
+// float precision): the scaling by 1 / sqrt 2 and the halving are folded into P, and Q made monic, which leaves
+// 12 multiplies and FMAs, 4 additions, min / max, and one division per vector. Within 5e-7 max(1, |x|) of torch's
+// exact GELU (tests/test_native_inference.py checks it through `lkdn_gelu`). Always inlined: GCC had left a call
+// per vector where GELU feeds a masked store.
+__attribute__((always_inline)) inline vf gelu(vf x) {
+    const vf t = clamp(x, -5.93969696196699f, 5.93969696196699f), z = t * t;
+    vf p = splat(1.654249767399956e-06f);
+    p = p * z - 3.362553138454656e-04f;
+    p = p * z + 5.099687644745001e-02f;
+    p = p * z + 2.763414814923722e+00f;
+    p = p * z + 7.135991972160816e+01f;
+    p = p * z + 5.737216134392058e+02f;
+    p = p * z + 6.251027420505364e+03f;
+    vf q = z + 2.929740530288285e+01f;
+    q = q * z + 4.621223874538099e+02f;
+    q = q * z + 4.049590991946990e+03f;
+    q = q * z + 1.566900309348331e+04f;
+    return x * (0.5f + clamp(divide(t * p, q), -0.5f, 0.5f));
 }
-__attribute__((always_inline)) inline vf gelu(vf x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
 
 // Widths of a block with C channels: padded channels, the fused [refine | distill] product, distilled.
 template <int C>
@@ -171,39 +171,91 @@ struct Source {
     const float* w;
 };
 
-// Pixels p0.. p0 + P - 1 through a 1x1 conv with NV vectors of outputs (bias optional), summed over
-// `count` sources; each pixel's result goes to epi(pixel, vf[NV]) while in registers. COUNT > 0 fixes the
-// number of sources at compile time (the common single-source case is measurably faster so).
-template <int NV, int CIN, int P, int COUNT, class Epi>
-inline void matmul_pixels(const Source* sources, int count, int p0, const float* bias, Epi& epi) {
-    vf acc[P][NV];
-    for (int v = 0; v < NV; ++v) {
-        const vf b = bias ? load(bias + v * kLanes) : vf{};
+// Holds v in a register from here on. GCC otherwise folds a load into every FMA that uses the value (one load per
+// FMA: the loads, not the FMAs, then set the pace), and spills what it cannot fold.
+inline void in_register(vf& v) {
+#if defined(__AVX__)
+    asm("" : "+v"(v));
+#else
+    (void)v;
+#endif
+}
+
+// Hides how p was computed: GCC otherwise keeps one register per offset it can hoist out of a loop (and spills
+// them) where one base register and constant offsets from it would do.
+template <class T>
+inline void opaque(T*& p) {
+    asm("" : "+r"(p));
+}
+
+// Vectors [V0, V0 + VT) of pixels p0.. p0 + P - 1 through a 1x1 conv (see matmul_pixels) into res: each output
+// is summed in the same order whatever the tile, so results do not depend on P or VT.
+template <int NV, int CIN, int P, int COUNT, int V0, int VT>
+inline void matmul_tile(const Source* sources, int count, int p0, const float* bias, vf (&res)[P][NV]) {
+    vf acc[P][VT];
+    for (int v = 0; v < VT; ++v) {
+        const vf b = bias ? load(bias + (V0 + v) * kLanes) : vf{};
         for (int p = 0; p < P; ++p) acc[p][v] = b;
     }
     for (int s = 0; s < (COUNT > 0 ? COUNT : count); ++s) {
         const Source src = sources[s];
         const float* in = src.base + size_t(p0) * src.stride;
-        // the next pixels' inputs, which may come from memory: one cache line of 16 floats at a time
-        for (int f = P * src.stride; f < 2 * P * src.stride; f += 16) __builtin_prefetch(in + f);
         for (int i = 0; i < CIN; ++i) {
-            vf wv[NV];
-            for (int v = 0; v < NV; ++v) wv[v] = load(src.w + (size_t(i) * NV + v) * kLanes);
+            vf wv[VT];
+            for (int v = 0; v < VT; ++v) {
+                wv[v] = load(src.w + (size_t(i) * NV + V0 + v) * kLanes);
+                in_register(wv[v]);
+            }
             for (int p = 0; p < P; ++p) {
                 const vf x = splat(in[size_t(p) * src.stride + i]);
-                for (int v = 0; v < NV; ++v) acc[p][v] += x * wv[v];
+                for (int v = 0; v < VT; ++v) acc[p][v] += x * wv[v];
             }
         }
     }
-    for (int p = 0; p < P; ++p) epi(p0 + p, acc[p]);
+    for (int p = 0; p < P; ++p)
+        for (int v = 0; v < VT; ++v) res[p][V0 + v] = acc[p][v];
+}
+
+// Output vectors of one tile of a product: P = kRegisters / VT pixels of them fill the registers with the VT weight
+// vectors and one broadcast input beside them (AVX2: 2 x 6 + 2 + 1 of 16). A tile as wide as the output (the
+// product's 6-8 vectors for 1-2 pixels) left GCC too few registers: it folded the weights' loads into the FMAs and
+// ran at about half the FMA units' rate (a scratch benchmark of the products alone).
+template <int NV>
+constexpr int kTileVectors = NV % 2 == 0 || NV == 1 ? std::min(NV, 2) : 3;
+
+template <int NV, int CIN, int P, int COUNT, int V0 = 0>
+inline void matmul_tiles(const Source* sources, int count, int p0, const float* bias, vf (&res)[P][NV]) {
+    if constexpr (V0 < NV) {
+        constexpr int VT = std::min(kTileVectors<NV>, NV - V0);
+        matmul_tile<NV, CIN, P, COUNT, V0, VT>(sources, count, p0, bias, res);
+        matmul_tiles<NV, CIN, P, COUNT, V0 + VT>(sources, count, p0, bias, res);
+    }
+}
+
+// Pixels p0.. p0 + P - 1 through a 1x1 conv with NV vectors of outputs (bias optional), summed over
+// `count` sources; each pixel's result goes to epi(pixel, vf[NV]). COUNT > 0 fixes the number of sources at
+// compile time (the common single-source case is measurably faster so).
+template <int NV, int CIN, int P, int COUNT, class Epi>
+inline void matmul_pixels(const Source* sources, int count, int p0, const float* bias, Epi& epi) {
+    for (int s = 0; s < (COUNT > 0 ? COUNT : count); ++s) {
+        // the next pixels' inputs, which may come from memory: one cache line of 16 floats at a time
+        const float* in = sources[s].base + size_t(p0) * sources[s].stride;
+        for (int f = P * sources[s].stride; f < 2 * P * sources[s].stride; f += 16) __builtin_prefetch(in + f);
+    }
+    vf res[P][NV];
+    matmul_tiles<NV, CIN, P, COUNT>(sources, count, p0, bias, res);
+    for (int p = 0; p < P; ++p) epi(p0 + p, res[p]);
 }
 
 template <int NV, int CIN, int COUNT = 0, class Epi>
 void matmul_row(const Source* sources, int count, int n, const float* bias, Epi epi) {
-    constexpr int P = std::max(1, std::min(8, kRegisters / NV));
+    constexpr int P = std::max(1, kRegisters / kTileVectors<NV>);
     int p = 0;
     for (; p + P <= n; p += P) matmul_pixels<NV, CIN, P, COUNT>(sources, count, p, bias, epi);
-    for (; p < n; ++p) matmul_pixels<NV, CIN, 1, COUNT>(sources, count, p, bias, epi);
+    // the last few pixels: the row's last P again where it has P (every epilogue stores a function of its pixel's
+    // inputs, so a pixel computed twice is stored twice the same), else one at a time
+    if (p < n && n >= P) matmul_pixels<NV, CIN, P, COUNT>(sources, count, n - P, bias, epi);
+    for (; p < n && n < P; ++p) matmul_pixels<NV, CIN, 1, COUNT>(sources, count, p, bias, epi);
 }
 
 template <int NV, int CIN, class Epi>
@@ -357,11 +409,13 @@ void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w
         for (int t = 0; t < taps; ++t) {
             const float* wt = w + size_t(first + t) * K * L + v * kLanes;  // valid rows are contiguous in ky
             const float* px = rows[t] + size_t(x) * L + v * kLanes;
+            opaque(px);  // one base register per tap, its inputs at constant offsets from it
             vf wk[K];
             for (int kx = 0; kx < K; ++kx) wk[kx] = load(wt + kx * L);
 #pragma GCC unroll 32
             for (int j = 0; j < N + (K - 1) * DIL; ++j) {
-                const vf in = load(px + j * L);
+                vf in = load(px + j * L);
+                in_register(in);
 #pragma GCC unroll 8
                 for (int kx = 0; kx < K; ++kx) {
                     const int q = j - kx * DIL;
@@ -376,7 +430,9 @@ void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w
         for (int v = 0; v < NV; ++v) {
             int x = c0;
             for (; x + Q <= c1; x += Q) run(x, v, std::integral_constant<int, Q>{});
-            for (; x < c1; ++x) run(x, v, std::integral_constant<int, 1>{});
+            // the chunk's last few columns: the row's Q columns that end there (see matmul_row), else one at a time
+            if (x < c1 && c1 - x0 >= Q) run(c1 - Q, v, std::integral_constant<int, Q>{});
+            for (; x < c1 && c1 - x0 < Q; ++x) run(x, v, std::integral_constant<int, 1>{});
         }
     }
 }
