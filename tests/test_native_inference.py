@@ -218,6 +218,18 @@ def test_the_kernels_gelu_is_torchs_exact_gelu():
 
 
 @needs_kernels
+def test_the_kernels_gelu_is_exactly_zero_and_x_far_out():
+    """Where erf(x / sqrt 2) is -1 or 1 to float precision, GELU is 0 or x exactly: a rational erf a few ulps from
+    -1 there would leave x times those ulps (6e-6 at x = -100), growing with |x|."""
+    far = torch.logspace(0.8, 4, 4096)  # 6.3 .. 10^4
+    x = torch.cat([-far, far])
+    y = torch.empty_like(x)
+    native_lkdn.load_kernel().lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    assert torch.equal(y[: far.numel()], torch.zeros_like(far))
+    assert torch.equal(y[far.numel() :], far)
+
+
+@needs_kernels
 def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
     module = NativeLKDN(random_lkdn_s)
     x = torch.rand(1, 6, 5, 42)

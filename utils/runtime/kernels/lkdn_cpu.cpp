@@ -95,11 +95,13 @@ inline vf clamp(vf x, float lo, float hi) {
 #endif
 }
 
-// GELU(x) = x (1/2 + erf(x / sqrt 2) / 2), with erf(s) ~ s P(s^2) / Q(s^2) for |s| <= 4 (and +-1 beyond, to
-// float precision): the scaling by 1 / sqrt 2 and the halving are folded into P, and Q made monic, which leaves
-// 12 multiplies and FMAs, 4 additions, min / max, and one division per vector. Within 5e-7 max(1, |x|) of torch's
-// exact GELU (tests/test_native_inference.py checks it through `lkdn_gelu`). Always inlined: GCC had left a call
-// per vector where GELU feeds a masked store.
+// GELU(x) = x (1/2 + erf(x / sqrt 2) / 2), with erf(s) ~ s P(s^2) / Q(s^2), a rational that is within float
+// precision of erf for |s| <= 4 and exceeds 1 beyond (erf is 1 there, to float precision). The scaling by
+// 1 / sqrt 2 and the halving are folded into P and Q made monic: 12 multiplies and FMAs, 2 additions, 2 clamps
+// and one division per vector. x is clamped at |s| = 4.2, where the rational is still finite; its result, at
+// +-1/2, so that GELU is exactly 0 and x far out. Within 5e-7 max(1, |x|) of torch's exact GELU
+// (tests/test_native_inference.py checks it through `lkdn_gelu`). Always inlined: GCC had left a call per vector
+// where GELU feeds a masked store.
 __attribute__((always_inline)) inline vf gelu(vf x) {
     const vf t = clamp(x, -5.93969696196699f, 5.93969696196699f), z = t * t;
     vf p = splat(1.654249767399956e-06f);
@@ -218,8 +220,8 @@ inline void matmul_tile(const Source* sources, int count, int p0, const float* b
 
 // Output vectors of one tile of a product: P = kRegisters / VT pixels of them fill the registers with the VT weight
 // vectors and one broadcast input beside them (AVX2: 2 x 6 + 2 + 1 of 16). A tile as wide as the output (the
-// product's 6-8 vectors for 1-2 pixels) left GCC too few registers: it folded the weights' loads into the FMAs and
-// ran at about half the FMA units' rate (a scratch benchmark of the products alone).
+// product's 6-8 vectors for 1-2 pixels) left GCC too few registers: it folded the weights' loads into the FMAs,
+// and the loads, not the FMAs, set the pace.
 template <int NV>
 constexpr int kTileVectors = NV % 2 == 0 || NV == 1 ? std::min(NV, 2) : 3;
 
