@@ -249,15 +249,26 @@ inline void matmul_pixels(const Source* sources, int count, int p0, const float*
     for (int p = 0; p < P; ++p) epi(p0 + p, res[p]);
 }
 
+// group(x) for whole groups of G columns from `from` on; the columns left before `to` go as one more group,
+// group(to - G), overlapping the one before it, where [floor, to) holds G columns (every epilogue stores a function
+// of its own column's inputs, so a column computed twice is stored twice the same), else single(x) for each (one
+// at a time, each would be a chain of dependent FMAs).
+template <int G, class Group, class Single>
+inline void in_groups(int floor, int from, int to, Group group, Single single) {
+    int x = from;
+    for (; x + G <= to; x += G) group(x);
+    if (x < to && to - floor >= G)
+        group(to - G);
+    else
+        for (; x < to; ++x) single(x);
+}
+
 template <int NV, int CIN, int COUNT = 0, class Epi>
 void matmul_row(const Source* sources, int count, int n, const float* bias, Epi epi) {
     constexpr int P = std::max(1, kRegisters / kTileVectors<NV>);
-    int p = 0;
-    for (; p + P <= n; p += P) matmul_pixels<NV, CIN, P, COUNT>(sources, count, p, bias, epi);
-    // the last few pixels: the row's last P again where it has P (every epilogue stores a function of its pixel's
-    // inputs, so a pixel computed twice is stored twice the same), else one at a time
-    if (p < n && n >= P) matmul_pixels<NV, CIN, P, COUNT>(sources, count, n - P, bias, epi);
-    for (; p < n && n < P; ++p) matmul_pixels<NV, CIN, 1, COUNT>(sources, count, p, bias, epi);
+    in_groups<P>(
+        0, 0, n, [&](int p) { matmul_pixels<NV, CIN, P, COUNT>(sources, count, p, bias, epi); },
+        [&](int p) { matmul_pixels<NV, CIN, 1, COUNT>(sources, count, p, bias, epi); });
 }
 
 template <int NV, int CIN, class Epi>
@@ -429,13 +440,10 @@ void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w
     };
     for (int c0 = x0; c0 < x1; c0 += kChunk) {
         const int c1 = std::min(x1, c0 + kChunk);
-        for (int v = 0; v < NV; ++v) {
-            int x = c0;
-            for (; x + Q <= c1; x += Q) run(x, v, std::integral_constant<int, Q>{});
-            // the chunk's last few columns: the row's Q columns that end there (see matmul_row), else one at a time
-            if (x < c1 && c1 - x0 >= Q) run(c1 - Q, v, std::integral_constant<int, Q>{});
-            for (; x < c1 && c1 - x0 < Q; ++x) run(x, v, std::integral_constant<int, 1>{});
-        }
+        for (int v = 0; v < NV; ++v)
+            in_groups<Q>(
+                x0, c0, c1, [&](int x) { run(x, v, std::integral_constant<int, Q>{}); },
+                [&](int x) { run(x, v, std::integral_constant<int, 1>{}); });
     }
 }
 
