@@ -36,7 +36,7 @@ from utils.errors import EXIT_USER_ERROR, UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
 from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
 from utils.image.imresize import matlab_imresize
-from utils.runtime.backends import BACKENDS, Runner, make_runner
+from utils.runtime.backends import BACKENDS, PRECISIONS, Runner, make_runner
 from utils.runtime.tiling import tiled_forward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -197,9 +197,9 @@ def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
     model = build_model_from_checkpoint(path, fused=True)
     device = resolve_device(args.device)
     try:
-        runner = make_runner(model, device, args.backend)
+        runner = make_runner(model, device, args.backend, args.precision)
     except ValueError as err:
-        raise UserError(f"--backend {args.backend}: {err}") from None
+        raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
     radius, per_pixel = model.receptive_radius(), bytes_per_lr_pixel(model)
     if radius is not None and args.max_memory < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
         needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)
@@ -227,6 +227,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--backend", default="auto", help=f"{', '.join(BACKENDS)} (default auto: the fastest exact one)"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", *PRECISIONS),
+        help="auto: float32 (TF32 convolutions on a CUDA GPU, PyTorch's default); fp32: IEEE float32 on a GPU "
+        "too; bf16 / fp16: faster on GPUs, slightly less exact (default: auto)",
     )
     p.add_argument(
         "--max-memory",

@@ -38,7 +38,7 @@ from utils.image.imresize import matlab_imresize
 from utils.measure.metrics import SSIM_WINDOW, crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
 from utils.measure.model_summary import CHALLENGE_INPUT, summarize
 from utils.measure.timing import PeakMemory, timed_ms
-from utils.runtime.backends import BACKENDS, Runner, make_runner
+from utils.runtime.backends import BACKENDS, PRECISIONS, Runner, make_runner
 from utils.runtime.tiling import tiled_forward
 
 SCALE = 4
@@ -100,9 +100,9 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
             f"{path}: a x{model.scale} checkpoint; the challenge is x{SCALE}, pass a x{SCALE} one"
         )
     try:
-        runner = make_runner(model, device, args.backend)
+        runner = make_runner(model, device, args.backend, args.precision)
     except ValueError as err:
-        raise UserError(f"--backend {args.backend}: {err}") from None
+        raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
     radius = model.receptive_radius()
     overlap = args.tile_overlap if args.tile_overlap is not None else radius
     if args.tile and overlap is None:
@@ -449,7 +449,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         choices=BACKENDS,
         help="how the network runs: auto (native on a CPU, else the module), reference, fast, native (C++ "
-        "kernels, CPU), onnxruntime (default: auto)",
+        "kernels, CPU), cuda_graph (the module replayed as one CUDA graph), onnxruntime (default: auto)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", *PRECISIONS),
+        help="auto: PyTorch's default, as the kit ran: float32, with TF32 convolutions on a CUDA GPU (tf32); "
+        "fp32: IEEE float32 on a GPU too; bf16 / fp16: half-width weights and activations (default: auto)",
     )
     p.add_argument("--tile", type=int, help="run in LR tiles of this size (for large inputs)")
     p.add_argument(

@@ -83,6 +83,22 @@ def test_a_folder_as_model_path_says_so(photos, tmp_path):
     assert "is a folder; pass the checkpoint file in it" in line
 
 
+def test_a_gpu_only_precision_or_backend_on_a_cpu_says_so(tiny, photos, tmp_path):
+    line = _one_line_error(
+        _cli("inference.py", "-i", photos, "-o", tmp_path / "o", "--model_path", tiny, "--device", "cpu",
+             "--precision", "tf32")
+    )  # fmt: skip
+    assert (
+        "--precision tf32: precision 'tf32' is a mode of NVIDIA GPUs' tensor cores; on a CPU use fp32" in line
+    )
+    line = _one_line_error(
+        _cli("test_demo.py", "--data_dir", tmp_path, "--model_path", tiny, "--device", "cpu",
+             "--backend", "cuda_graph", "--save_dir", tmp_path / "r")
+    )  # fmt: skip
+    assert "--backend cuda_graph" in line and "on a CUDA GPU only" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r" / "results.json").exists()
+
+
 def test_output_naming_a_file_says_so(tiny, photos, tmp_path):
     (tmp_path / "out.png").write_bytes(b"")
     line = _one_line_error(

@@ -39,7 +39,7 @@ def lr() -> torch.Tensor:
     return torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference", "fast", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "fast", "cuda_graph", "onnxruntime"])
 def test_every_backend_on_cuda_agrees_with_the_cpu_module(model, lr, backend):
     with torch.inference_mode():
         expected = model(lr)
@@ -49,12 +49,38 @@ def test_every_backend_on_cuda_agrees_with_the_cpu_module(model, lr, backend):
     model.to("cpu")
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 @pytest.mark.parametrize("backend", ["reference", "fast"])
-def test_bf16_on_cuda_stays_close(model, lr, backend):
+def test_reduced_precisions_on_cuda_stay_close(model, lr, backend, precision):
     with torch.inference_mode():
         expected = model(lr)
-    got = make_runner(model, "cuda", backend, precision="bf16")(lr.cuda()).cpu()
+    runner = make_runner(model, "cuda", backend, precision=precision)
+    got = runner(lr.cuda()).cpu()
+    assert runner.name == f"{backend}+{precision}"
     assert got.dtype == torch.float32 and (got - expected).abs().max() < 0.05
+    model.to("cpu")
+
+
+def test_fp32_on_cuda_is_ieee_even_where_pytorch_defaults_to_tf32(model, lr):
+    """The process keeps PyTorch's default (TF32 convolutions); the fp32 runner's calls alone run in IEEE float32,
+    so it agrees with the CPU, and the default is back afterwards."""
+    with torch.inference_mode():
+        expected = model(lr)
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    got = make_runner(model, "cuda", "reference", precision="fp32")(lr.cuda()).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    model.to("cpu")
+
+
+def test_cuda_graph_replays_the_module_and_captures_each_new_shape(model):
+    """The eager module's output (the same kernels, replayed), for repeated calls and after a change of shape."""
+    runner = make_runner(model, "cuda", "cuda_graph")
+    eager = make_runner(model, "cuda", "reference")
+    for shape in ((1, 3, 20, 30), (1, 3, 20, 30), (2, 3, 11, 7), (1, 3, 20, 30)):
+        x = torch.rand(shape, device="cuda")
+        torch.testing.assert_close(runner(x), eager(x), atol=1e-5, rtol=0)
+    assert runner.captures == 3  # 20x30, 11x7, 20x30 again (one graph is kept)
     model.to("cpu")
 
 
@@ -108,3 +134,4 @@ def test_test_demo_on_cuda_reports_the_kits_figures(model, tmp_path):
     (entry,) = json.loads((tmp_path / "out" / "results.json").read_text()).values()
     assert entry["device"].startswith("cuda") and entry["valid_ave_runtime"] > 0 and entry["valid_memory"] > 0
     assert entry["memory_measure"].startswith("torch.cuda.max_memory_allocated")
+    assert entry["backend"] == "reference+tf32"  # the kit's conditions: PyTorch's default TF32 convolutions

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from models import LKDN, fuse_model, lkdn_s
+from utils.device import cuda_float32
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import read_rgb, to_tensor
-from utils.runtime.backends import BACKENDS, default_backend, make_runner
+from utils.runtime.backends import BACKENDS, default_backend, default_precision, make_runner
 from utils.runtime.fast import CPU_FUSIONS, FastLKDN
 from utils.runtime.native import native_available
 
@@ -153,18 +154,42 @@ def test_unknown_backend_or_precision_is_a_clear_error(random_lkdn_s):
         make_runner(random_lkdn_s, "cpu", "fast", precision="fp8")
     with pytest.raises(ValueError, match="float32 only"):
         make_runner(random_lkdn_s, "cpu", "onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="cuda_graph backend runs float32 .* on a CUDA GPU only"):
+        make_runner(random_lkdn_s, "cpu", "cuda_graph")
     with pytest.raises(ValueError, match="fused model"):
         make_runner(lkdn_s(fused=False), "cpu", "fast")
-    assert set(BACKENDS) >= {"auto", "reference", "fast", "native", "onnxruntime"}
+    assert set(BACKENDS) >= {"auto", "reference", "fast", "native", "cuda_graph", "onnxruntime"}
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("backend", ["reference", "fast"])
-def test_bf16_runs_and_stays_close(backend):
-    """bf16 is an opt-in approximation: float32 out, close to (not equal to) the float32 output."""
+def test_half_widths_run_and_stay_close(backend, precision):
+    """bf16 / fp16 are opt-in approximations: float32 out, close to (not equal to) the float32 output."""
     torch.manual_seed(3)
     model = perturbed(LKDN(num_feat=8, num_blocks=1, fused=True), seed=4)
     x = torch.rand(1, 3, 8, 6, generator=torch.Generator().manual_seed(7))
-    out = make_runner(model, "cpu", backend, precision="bf16")(x)
-    assert out.dtype == torch.float32
+    runner = make_runner(model, "cpu", backend, precision=precision)
+    out = runner(x)
+    assert out.dtype == torch.float32 and runner.name == f"{backend}+{precision}"
     expected = reference_output(model, x)
-    assert 0 < (out - expected).abs().max() < 0.1
+    assert 0 < (out - expected).abs().max() < (0.1 if precision == "bf16" else 0.01)
+
+
+def test_precision_auto_is_pytorchs_default_and_tf32_needs_a_gpu(random_lkdn_s):
+    """auto: float32 on a CPU, TF32 convolutions on CUDA (what the kit's script got unasked); tf32 on a CPU is
+    refused rather than silently run as float32."""
+    assert default_precision("cpu") == "fp32" and default_precision(torch.device("cuda", 1)) == "tf32"
+    assert make_runner(random_lkdn_s, "cpu", "reference", precision="auto").name == "reference"
+    with pytest.raises(ValueError, match="'tf32' is a mode of NVIDIA GPUs' tensor cores; on a CPU use fp32"):
+        make_runner(random_lkdn_s, "cpu", "fast", precision="tf32")
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_cuda_float32_sets_the_flags_for_its_block_only(tf32):
+    """The runners' float32 mode on CUDA: set through the fp32_precision flags (no CUDA needed to read them),
+    restored afterwards so that a caller's own setting survives."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with cuda_float32(tf32):
+        assert conv.fp32_precision == matmul.fp32_precision == ("tf32" if tf32 else "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before

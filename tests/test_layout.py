@@ -23,7 +23,7 @@ ALLOWED = {
     "utils.image": {"utils.errors"},
     "utils.files": {"models", "utils.errors"},
     "utils.measure": {"utils.files", "utils.image", "utils.errors"},
-    "utils.runtime": {"models", "utils.files", "utils.native", "utils.errors"},
+    "utils.runtime": {"models", "utils.files", "utils.native", "utils.errors", "utils.device"},
     "data": {"utils.files", "utils.image", "utils.errors"},
     "train": {
         "models",

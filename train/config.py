@@ -10,7 +10,7 @@ coercion: a flat model, not BasicSR's nested option trees, since a single-model 
 - an unknown key is refused with the closest valid name.
 
 Fields that change what a run computes (`RECIPE_FIELDS`) may not change when a run resumes (train_lkdn.py);
-the others (`FREE_FIELDS`: threads, workers, logging, validation, saving, device) may.
+the others (`FREE_FIELDS`: threads, workers, logging, validation, saving, device, determinism) may.
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class TrainConfig(BaseModel):
     threads: NonNegative = (
         0  # CPU threads for torch (0 = torch's default); 1 keeps a shared machine responsive
     )
+    deterministic: StrictBool = (
+        True  # CUDA: cuDNN's deterministic algorithms, so a resumed run ends bit-identical (false: autotuned)
+    )
     # bookkeeping
     val_dirs: list[str] = ["data"]  # DIV2K layout (data/DIV2K_valid_HR, _LR) or benchmark folders
     val_every: Positive = 5000
@@ -121,8 +124,8 @@ class TrainConfig(BaseModel):
 
 
 FREE_FIELDS = frozenset(
-    {"name", "run_dir", "device", "threads", "num_workers", "in_memory", "cache_dir", "val_dirs", "val_every",
-     "save_every", "keep_last", "log_every", "max_minutes", "max_bad_images"}
+    {"name", "run_dir", "device", "threads", "deterministic", "num_workers", "in_memory", "cache_dir", "val_dirs",
+     "val_every", "save_every", "keep_last", "log_every", "max_minutes", "max_bad_images"}
 )  # fmt: skip
 RECIPE_FIELDS = frozenset(TrainConfig.model_fields) - FREE_FIELDS
 

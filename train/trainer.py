@@ -165,6 +165,9 @@ class Trainer:
         _setup_logging(self.run_dir, self.info)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
+        if self.device.type == "cuda":  # cuDNN's fastest convolution gradients add in a varying order
+            torch.backends.cudnn.deterministic = config.deterministic
+            torch.backends.cudnn.benchmark = not config.deterministic
         torch.manual_seed(config.seed)
         resume_at = run_state.latest_resumable(self.run_dir) if resume else None
         self._check_validation_folders()

@@ -6,19 +6,26 @@
   a CPU (benchmarks/bench_inference.py).
 - `native`: `utils.runtime.native.NativeLKDN`, the blocks and the tail run by C++ kernels compiled on first
   use for this CPU (g++ or clang++); float32 on a CPU only, LKDN-S / LKDN widths.
+- `cuda_graph`: `utils.runtime.cuda_graph.CudaGraphRunner`, the module form captured as one CUDA graph per input
+  shape and replayed; CUDA only, float32 (fp32 or tf32).
 - `onnxruntime`: the exported ONNX graph (utils.runtime.onnx_export), exported and verified on first use, or an
   existing .onnx file (`onnx_path`); float32 only.
 - `auto`: on a CPU `native` (float32, where the kernels build and fit the model), else `fast`; `reference`
   elsewhere, so a GPU never gets a path that was only measured on a CPU. When `native` cannot run, the
   runner's name says why.
 
-`precision="bf16"` (opt-in; reference and fast) runs weights and activations in bfloat16 and returns
-float32; its PSNR cost is measured by benchmarks/bf16_psnr.py. Every runner is a callable on a Bx3xHxW
-tensor in [0, 1] on the runner's device, returning Bx3x(sH)x(sW) float32, and says in `.name` what ran.
+Precision: `fp32` is true float32 on every device (on a CUDA GPU the runner turns TensorFloat-32 off for its
+calls, so "exact" means exact there too); `tf32` (CUDA only) lets cuDNN's convolutions and cuBLAS's products round
+their inputs to TF32 on tensor cores, PyTorch's own default for convolutions and so what the NTIRE kit's script,
+which sets nothing, ran under; `bf16` / `fp16` (opt-in; reference and fast) run weights and activations in
+bfloat16 / float16 and return float32 (their PSNR cost: benchmarks/bf16_psnr.py on a CPU,
+benchmarks/gpu_check.py on a GPU). Every runner is a callable on a Bx3xHxW tensor in [0, 1] on the runner's
+device, returning Bx3x(sH)x(sW) float32, and says in `.name` what ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +35,11 @@ import torch
 from torch import Tensor
 
 from models import LKDN
+from utils.device import cuda_float32
 
-BACKENDS = ("auto", "reference", "fast", "native", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BACKENDS = ("auto", "reference", "fast", "native", "cuda_graph", "onnxruntime")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Runner(Protocol):
@@ -42,14 +50,17 @@ class Runner(Protocol):
 
 @dataclass
 class ModuleRunner:
-    """Runs a module under inference_mode in `dtype`; returns float32."""
+    """Runs a module under inference_mode in `dtype` (float32 on CUDA: IEEE, or TF32 with `tf32`); returns
+    float32."""
 
     module: torch.nn.Module
     name: str
     dtype: torch.dtype = torch.float32
+    tf32: bool = False
 
     def __call__(self, lr: Tensor) -> Tensor:
-        with torch.inference_mode():
+        mode = cuda_float32(self.tf32) if lr.is_cuda else contextlib.nullcontext()
+        with torch.inference_mode(), mode:
             return self.module(lr.to(self.dtype)).float()
 
 
@@ -65,6 +76,11 @@ class OnnxRunner:
         x = lr.detach().to("cpu", torch.float32).contiguous().numpy()
         (y,) = self.session.run(None, {self.session.get_inputs()[0].name: x})
         return torch.from_numpy(y).to(self.device)
+
+
+def default_precision(device: torch.device | str) -> str:
+    """PyTorch's own default arithmetic on `device`: TF32 convolutions on a CUDA GPU, float32 elsewhere."""
+    return "tf32" if torch.device(device).type == "cuda" else "fp32"
 
 
 def default_backend(device: torch.device | str) -> str:
@@ -111,9 +127,10 @@ def make_runner(
     precision: str = "fp32",
     onnx_path: str | Path | None = None,
 ) -> Runner:
-    """A callable running the fused `model` on `device` with `backend` ("auto" picks the fastest exact one).
+    """A callable running the fused `model` on `device` with `backend` ("auto" picks the fastest exact one) in
+    `precision` ("auto": `default_precision`, what PyTorch does unasked on that device).
 
-    The reference backend moves `model` itself to `device`; the others leave it where it is. Raises
+    The reference and cuda_graph backends move `model` itself to `device`; the others leave it where it is. Raises
     ValueError for an unknown backend or precision, and for an `onnx_path` that does not load or is not
     this model (its output is checked on one small input).
     """
@@ -121,9 +138,13 @@ def make_runner(
         raise ValueError("make_runner expects the fused model (models.fuse_model)")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
+    if precision == "auto":
+        precision = default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError("precision 'tf32' is a mode of NVIDIA GPUs' tensor cores; on a CPU use fp32")
     chosen = default_backend(device) if backend == "auto" else backend
     if chosen == "native" and backend == "auto" and precision != "fp32":
         chosen = "fast"  # native is float32 only
@@ -131,7 +152,7 @@ def make_runner(
     suffix = "" if precision == "fp32" else f"+{precision}"
     if chosen == "onnxruntime":
         if precision != "fp32":
-            raise ValueError("the onnxruntime backend runs float32 only; use precision='fp32'")
+            raise ValueError("the onnxruntime backend runs float32 only (on the host); use precision='fp32'")
         return _onnx_runner(model, device, onnx_path)
     if onnx_path is not None:
         raise ValueError("onnx_path is for the onnxruntime backend")
@@ -139,11 +160,19 @@ def make_runner(
         if precision != "fp32":
             raise ValueError("the native backend runs float32 only; use precision='fp32'")
         return _native_runner(model, device, fallback=backend == "auto")
+    if chosen == "cuda_graph":
+        from utils.runtime.cuda_graph import CudaGraphRunner
+
+        if device.type != "cuda" or dtype != torch.float32:
+            raise ValueError("the cuda_graph backend runs float32 (fp32 or tf32) on a CUDA GPU only")
+        return CudaGraphRunner(model.to(device).eval(), precision == "tf32", "cuda_graph" + suffix)
     if chosen == "fast":
         from utils.runtime.fast import FastLKDN
 
-        return ModuleRunner(FastLKDN(model).to(device, dtype).eval(), "fast" + suffix, dtype)
+        return ModuleRunner(
+            FastLKDN(model).to(device, dtype).eval(), "fast" + suffix, dtype, precision == "tf32"
+        )
     module = (
         model.to(device).eval() if dtype == torch.float32 else copy.deepcopy(model).to(device, dtype).eval()
     )
-    return ModuleRunner(module, "reference" + suffix, dtype)
+    return ModuleRunner(module, "reference" + suffix, dtype, precision == "tf32")
