@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import re
@@ -169,8 +170,6 @@ def inference_paths(model, device: torch.device, shape: tuple[int, ...], runs: i
         except Exception as err:  # noqa: BLE001 (one path failing leaves the others to measure)
             results[name] = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
             session.log.write(traceback.format_exc())
-        finally:
-            model.to(device)
     base = results["reference"]["ms_median"]
     for result in results.values():
         if "ms_median" in result:
@@ -179,8 +178,8 @@ def inference_paths(model, device: torch.device, shape: tuple[int, ...], runs: i
 
 
 def _channels_last(model, tf32: bool) -> Callable:
-    """The module in channels-last memory with cuDNN autotuning (it picks per shape on the first call)."""
-    module = model.to(memory_format=torch.channels_last)
+    """A copy of the module in channels-last memory with cuDNN autotuning (it picks per shape on the first call)."""
+    module = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), _cudnn_benchmark(), cuda_float32(tf32):

@@ -135,3 +135,5 @@ def test_test_demo_on_cuda_reports_the_kits_figures(model, tmp_path):
     assert entry["device"].startswith("cuda") and entry["valid_ave_runtime"] > 0 and entry["valid_memory"] > 0
     assert entry["memory_measure"].startswith("torch.cuda.max_memory_allocated")
     assert entry["backend"] == "reference+tf32"  # the kit's conditions: PyTorch's default TF32 convolutions
+    assert make_runner(model, "cuda", "onnxruntime", "auto").name == "onnxruntime"  # computed on the host
+    model.to("cpu")

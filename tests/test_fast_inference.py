@@ -186,10 +186,13 @@ def test_precision_auto_is_pytorchs_default_and_tf32_needs_a_gpu(random_lkdn_s):
 
 @pytest.mark.parametrize("tf32", [False, True])
 def test_cuda_float32_sets_the_flags_for_its_block_only(tf32):
-    """The runners' float32 mode on CUDA: set through the fp32_precision flags (no CUDA needed to read them),
-    restored afterwards so that a caller's own setting survives."""
+    """The runners' float32 mode on CUDA (no CUDA needed to read the flags): set inside, every flag still readable
+    by the older and the newer API (torch.compile reads the older), the caller's setting back afterwards."""
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = conv.fp32_precision, matmul.fp32_precision
+    before = conv.fp32_precision, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     with cuda_float32(tf32):
-        assert conv.fp32_precision == matmul.fp32_precision == ("tf32" if tf32 else "ieee")
-    assert (conv.fp32_precision, matmul.fp32_precision) == before
+        assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert (conv.fp32_precision == "tf32") is tf32 and (matmul.fp32_precision == "tf32") is tf32
+        assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+    after = conv.fp32_precision, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    assert after == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -28,12 +29,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 @contextlib.contextmanager
 def cuda_float32(tf32: bool) -> Iterator[None]:
     """Float32 convolutions and matrix products on CUDA in IEEE float32, or (`tf32`) with inputs rounded to
-    TensorFloat-32 on tensor cores, PyTorch's default for convolutions. Set through the `fp32_precision` flags
-    only: PyTorch >= 2.9 raises when they are mixed with the older `allow_tf32` ones."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "tf32" if tf32 else "ieee"
-    try:
-        yield
-    finally:
-        conv.fp32_precision, matmul.fp32_precision = before
+    TensorFloat-32 on tensor cores, PyTorch's default for convolutions; the caller's setting is back afterwards.
+
+    Set through the `allow_tf32` flags, which PyTorch keeps consistent with its newer `fp32_precision` ones:
+    setting only the newer ones to IEEE makes every later read of the older ones (torch.compile reads them)
+    raise in PyTorch 2.9-2.13. The older flags' deprecation warning is silenced here."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TF32.*", category=UserWarning)
+        cudnn.allow_tf32 = matmul.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32 = before

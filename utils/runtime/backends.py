@@ -139,8 +139,8 @@ def make_runner(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = torch.device(device)
-    if precision == "auto":
-        precision = default_precision(device)
+    if precision == "auto":  # onnxruntime computes on the host: float32 there
+        precision = "fp32" if backend == "onnxruntime" else default_precision(device)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
     if precision == "tf32" and device.type != "cuda":

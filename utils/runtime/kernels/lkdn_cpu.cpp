@@ -883,7 +883,7 @@ int lkdb_forward(const float* x, float* out, int n, int h, int w, int channels, 
     }
 }
 
-// The whole network on n images in one call (a call per stage cost Python ~3% of a 32x32 image's time):
+// The whole network on n images in one call (a call per stage from Python costs most on small images):
 // the shallow features of x (n x 3 x h x w, NCHW) into feat, block i (weights block_params[i], LayerNorm eps[i])
 // from the previous stage's output into hidden[i], the tail into out (n x 3 x 4h x 4w, NCHW); feat and hidden
 // are n x h x w x channels (NHWC). Returns 0, or -1 for a channel count it was not built for.
