@@ -36,7 +36,7 @@ from utils.errors import EXIT_USER_ERROR, UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
 from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
 from utils.image.imresize import matlab_imresize
-from utils.runtime.backends import BACKENDS, PRECISIONS, Runner, make_runner
+from utils.runtime.backends import BACKENDS, PRECISION_HELP, PRECISIONS, Runner, make_runner
 from utils.runtime.tiling import tiled_forward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -228,13 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--backend", default="auto", help=f"{', '.join(BACKENDS)} (default auto: the fastest exact one)"
     )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", *PRECISIONS),
-        help="auto: float32 (TF32 convolutions on a CUDA GPU, PyTorch's default); fp32: IEEE float32 on a GPU "
-        "too; bf16 / fp16: faster on GPUs, slightly less exact (default: auto)",
-    )
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help=PRECISION_HELP)
     p.add_argument(
         "--max-memory",
         "--max_memory",

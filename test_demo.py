@@ -38,7 +38,7 @@ from utils.image.imresize import matlab_imresize
 from utils.measure.metrics import SSIM_WINDOW, crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
 from utils.measure.model_summary import CHALLENGE_INPUT, summarize
 from utils.measure.timing import PeakMemory, timed_ms
-from utils.runtime.backends import BACKENDS, PRECISIONS, Runner, make_runner
+from utils.runtime.backends import BACKENDS, PRECISION_HELP, PRECISIONS, Runner, make_runner
 from utils.runtime.tiling import tiled_forward
 
 SCALE = 4
@@ -451,13 +451,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how the network runs: auto (native on a CPU, else the module), reference, fast, native (C++ "
         "kernels, CPU), cuda_graph (the module replayed as one CUDA graph), onnxruntime (default: auto)",
     )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", *PRECISIONS),
-        help="auto: PyTorch's default, as the kit ran: float32, with TF32 convolutions on a CUDA GPU (tf32); "
-        "fp32: IEEE float32 on a GPU too; bf16 / fp16: half-width weights and activations (default: auto)",
-    )
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help=PRECISION_HELP)
     p.add_argument("--tile", type=int, help="run in LR tiles of this size (for large inputs)")
     p.add_argument(
         "--tile_overlap",

@@ -40,6 +40,10 @@ from utils.device import cuda_float32
 BACKENDS = ("auto", "reference", "fast", "native", "cuda_graph", "onnxruntime")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_HELP = (
+    "auto: PyTorch's default (float32; TF32 convolutions on a CUDA GPU, as the NTIRE kit ran); fp32: IEEE float32 "
+    "on a GPU too; bf16 / fp16: half-width weights and activations, faster on GPUs (default: auto)"
+)  # the entry points' --precision
 
 
 class Runner(Protocol):
