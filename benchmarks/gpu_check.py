@@ -17,8 +17,9 @@ each, so a session cut short keeps what it measured):
 3. `psnr`: the bundled checkpoint on the carried Set5 and Set14 at each precision, the cost of each in dB;
 4. `training`: iterations per second of the trainer's step at the recipe's batch and patch (128 x 64x64 LR);
 5. `continuation`: train/runs/lkdn_s_gpu/continue.yml for what is left of `--minutes`, its length set from
-   phase 4's speed so the schedule ends in time; the run folder comes back as gpu_run.tar and its fused weights
-   are measured on Set5 and Set14 beside the bundled checkpoint's.
+   phase 4's speed so the schedule ends in time (stopped by the clock first, its last EMA weights are exported);
+   the run folder comes back as gpu_run.tar and its fused weights are measured on Set5 and Set14 beside the
+   bundled checkpoint's.
 
 Writes `gpu_check.json` and `gpu_check.log` (and gpu_run.tar) into --out.
 """
@@ -292,7 +293,8 @@ def continue_training(session: Session, carry: Path, speed: dict, device: torch.
     per_s *= 0.8 * (128 * 64 * 64) / (config.batch_size * config.lr_patch**2)
     iters = 4 if session.dry else max(2, int(per_s * 60 * minutes))
     run_dir = session.out / "gpu_run" if session.dry else ROOT / config.run_dir
-    flags = ["--total_iters", str(iters), "--max_minutes", f"{minutes:.2f}", "--run_dir", str(run_dir),
+    stop_after = 0.001 if session.dry else minutes  # dry: stopped by the clock, as a long run would be
+    flags = ["--total_iters", str(iters), "--max_minutes", f"{stop_after:.3f}", "--run_dir", str(run_dir),
              "--train_sources", str(carry / "train"), "--val_dirs", str(carry / "benchmark" / "Set5"),
              "--cache_dir", str(carry / "cache"), "--device", device.type]  # fmt: skip
     if session.dry:
@@ -304,9 +306,13 @@ def continue_training(session: Session, carry: Path, speed: dict, device: torch.
     session.log.write(" ".join(cmd) + "\n" + done.stdout[-4000:] + done.stderr[-4000:])
     result = {"command": " ".join(cmd[1:]), "exit_code": done.returncode, "planned_iterations": iters,
               "minutes": round((time.monotonic() - started) / 60, 2)}  # fmt: skip
+    fused = run_dir / "models" / "fused.pth"
+    if not fused.is_file() and (run_dir / "models" / "last.pth").is_file():  # stopped by --max_minutes
+        export = [sys.executable, "train/train_lkdn.py", "--config", str(CONTINUATION), "--run_dir", str(run_dir),
+                  "--export_fused"]  # fmt: skip
+        result["exported_early"] = subprocess.run(export, cwd=ROOT, capture_output=True).returncode == 0
     with tarfile.open(session.out / "gpu_run.tar", "w") as tar:
         tar.add(run_dir, arcname=Path(config.run_dir).name)
-    fused = run_dir / "models" / "fused.pth"
     if fused.is_file():
         result["psnr"] = {"continued": _set_psnr(fused, carry, device),
                           "bundled": _set_psnr(BUNDLED_CHECKPOINT, carry, device)}  # fmt: skip

@@ -83,6 +83,7 @@ def test_the_gpu_check_runs_every_phase_dry(shared, tmp_path):
     assert summary["training"]["fp32"]["iterations_per_s"] > 0
     continuation = summary["continuation"]
     assert continuation["exit_code"] == 0 and set(continuation["psnr"]["continued"]) == {"Set5", "Set14"}
+    assert continuation["exported_early"]  # the dry run is stopped by its clock, as a long one would be
     with tarfile.open(out / "gpu_run.tar") as tar:
         assert "continue/models/fused.pth" in tar.getnames()
     assert (out / "gpu_check.log").is_file()
