@@ -276,8 +276,11 @@ def training_speed(device: torch.device, batch: int, patch: int, steps: int) -> 
 def continue_training(session: Session, carry: Path, speed: dict, device: torch.device) -> dict:
     """Runs train/runs/lkdn_s_gpu/continue.yml for what is left of the session (less 1.5 minutes to measure and
     pack), its total iterations set from the measured speed of its precision at its batch and patch, so the
-    cosine schedule ends in time. Resumable: the tar it leaves holds the run's last state."""
+    cosine schedule ends in time. Resumable: the tar it leaves holds the run's last state; with that state in
+    the run folder, the run resumes with its saved recipe. `carry` is relative to the repository (as in the
+    YAML, so that a resume elsewhere sees the same recipe) or absolute."""
     from train.config import load_config
+    from train.state import latest_resumable
 
     config = load_config(CONTINUATION)
     minutes = 1.0 if session.dry else session.minutes_left() - 1.5
@@ -294,28 +297,37 @@ def continue_training(session: Session, carry: Path, speed: dict, device: torch.
     iters = 4 if session.dry else max(2, int(per_s * 60 * minutes))
     run_dir = session.out / "gpu_run" if session.dry else ROOT / config.run_dir
     stop_after = 0.001 if session.dry else minutes  # dry: stopped by the clock, as a long run would be
-    flags = ["--total_iters", str(iters), "--max_minutes", f"{stop_after:.3f}", "--run_dir", str(run_dir),
+    flags = ["--max_minutes", f"{stop_after:.3f}", "--run_dir", str(run_dir), "--device", device.type,
              "--train_sources", str(carry / "train"), "--val_dirs", str(carry / "benchmark" / "Set5"),
-             "--cache_dir", str(carry / "cache"), "--device", device.type]  # fmt: skip
+             "--cache_dir", str(carry / "cache")]  # fmt: skip
+    resuming = latest_resumable(run_dir) is not None
+    if not resuming:
+        flags += ["--total_iters", str(iters)]
     if session.dry:
         flags += ["--batch_size", "2", "--lr_patch", "8", "--num_workers", "0", "--val_every", "1",
                   "--save_every", "1", "--precision", "fp32"]  # fmt: skip
-    cmd = [sys.executable, "train/train_lkdn.py", "--config", str(CONTINUATION), *flags]
+    recipe = [] if resuming else ["--config", str(CONTINUATION)]  # a resume takes the run's saved recipe
+    cmd = [sys.executable, "train/train_lkdn.py", *recipe, *flags]
     started = time.monotonic()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60 * minutes + 120)
-    session.log.write(" ".join(cmd) + "\n" + done.stdout[-4000:] + done.stderr[-4000:])
-    result = {"command": " ".join(cmd[1:]), "exit_code": done.returncode, "planned_iterations": iters,
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60 * minutes + 120)
+        code, output = done.returncode, done.stdout[-4000:] + done.stderr[-4000:]
+    except subprocess.TimeoutExpired as late:  # its state is saved every save_every steps: pack what there is
+        code, output = "timeout", str(late.stderr)[-4000:]
+    session.log.write(" ".join(cmd) + "\n" + output)
+    result = {"command": " ".join(cmd[1:]), "exit_code": code, "resumed": resuming,
+              "planned_iterations": None if resuming else iters,
               "minutes": round((time.monotonic() - started) / 60, 2)}  # fmt: skip
     fused = run_dir / "models" / "fused.pth"
-    if not fused.is_file() and (run_dir / "models" / "last.pth").is_file():  # stopped by --max_minutes
+    if (run_dir / "models" / "last.pth").is_file():  # the run writes fused.pth only when it finishes
         export = [sys.executable, "train/train_lkdn.py", "--config", str(CONTINUATION), "--run_dir", str(run_dir),
                   "--export_fused"]  # fmt: skip
-        result["exported_early"] = subprocess.run(export, cwd=ROOT, capture_output=True).returncode == 0
+        result["exported"] = subprocess.run(export, cwd=ROOT, capture_output=True).returncode == 0
     with tarfile.open(session.out / "gpu_run.tar", "w") as tar:
         tar.add(run_dir, arcname=Path(config.run_dir).name)
     if fused.is_file():
-        result["psnr"] = {"continued": _set_psnr(fused, carry, device),
-                          "bundled": _set_psnr(BUNDLED_CHECKPOINT, carry, device)}  # fmt: skip
+        result["psnr"] = {"continued": _set_psnr(fused, ROOT / carry, device),
+                          "bundled": _set_psnr(BUNDLED_CHECKPOINT, ROOT / carry, device)}  # fmt: skip
     return result
 
 
@@ -335,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, required=True, help="folder for gpu_check.json, .log, gpu_run.tar"
     )
     parser.add_argument(
-        "--carry", type=Path, default=ROOT / ".gpu", help="what gpu_carry.py made (default .gpu)"
+        "--carry", type=Path, default=Path(".gpu"), help="what gpu_carry.py made, relative to the repository"
     )
     parser.add_argument(
         "--minutes", type=float, default=7.0, help="the session's length; training gets the rest"
@@ -350,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)  # random weights: speed and agreement do not depend on them; dry: a small network
     model = (LKDN(num_feat=8, num_blocks=1, fused=True) if args.dry else lkdn_s(fused=True)).eval()
     session.phase("inference", lambda: inference_paths(model, device, sizes["input"], sizes["runs"], session))
-    session.phase("psnr", lambda: precision_psnr(BUNDLED_CHECKPOINT, args.carry / "benchmark", device))
+    session.phase("psnr", lambda: precision_psnr(BUNDLED_CHECKPOINT, ROOT / args.carry / "benchmark", device))
     speed = session.phase(
         "training", lambda: training_speed(device, sizes["batch"], sizes["patch"], sizes["steps"])
     )

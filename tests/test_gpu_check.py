@@ -83,7 +83,15 @@ def test_the_gpu_check_runs_every_phase_dry(shared, tmp_path):
     assert summary["training"]["fp32"]["iterations_per_s"] > 0
     continuation = summary["continuation"]
     assert continuation["exit_code"] == 0 and set(continuation["psnr"]["continued"]) == {"Set5", "Set14"}
-    assert continuation["exported_early"]  # the dry run is stopped by its clock, as a long one would be
+    assert continuation["exported"] and not continuation["resumed"]  # stopped by its clock after one step
     with tarfile.open(out / "gpu_run.tar") as tar:
         assert "continue/models/fused.pth" in tar.getnames()
     assert (out / "gpu_check.log").is_file()
+
+    again = _run("benchmarks/gpu_check.py", "--out", out, "--carry", tmp_path / "carry", "--dry")
+    assert again.returncode == 0, again.stderr[-2000:]
+    continuation = json.loads((out / "gpu_check.json").read_text())["continuation"]
+    assert continuation["resumed"] and continuation["exit_code"] == 0, (
+        continuation
+    )  # its saved recipe, no refusal
+    assert "stopping at iteration 2" in (out / "gpu_run/train.log").read_text()

@@ -45,9 +45,9 @@ class CudaGraphRunner:
         static_input = lr.clone()
         side = torch.cuda.Stream(lr.device)
         side.wait_stream(torch.cuda.current_stream(lr.device))
-        with torch.cuda.stream(
-            side
-        ):  # warm-up off the default stream (cuDNN picks and caches its algorithms)
+        # a warm-up pass off the default stream: cuDNN and cuBLAS set up their algorithms and workspaces, which a
+        # capture cannot do
+        with torch.cuda.stream(side):
             self.module(static_input)
         torch.cuda.current_stream(lr.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
