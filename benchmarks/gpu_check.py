@@ -132,12 +132,9 @@ def gpu_paths(model, device: torch.device) -> dict[str, Callable[[], Callable]]:
             "channels_last+autotune": lambda: _channels_last(model, tf32=False),
             "channels_last+autotune+tf32": lambda: _channels_last(model, tf32=True),
         }
-    paths |= {
-        "compile": lambda: _compiled(model, device, tf32=False),
-        "compile+tf32": lambda: _compiled(model, device, tf32=True),
-    }
-    if device.type != "cuda":
-        del paths["compile+tf32"]
+    paths["compile"] = lambda: _compiled(model, device, tf32=False)  # last: the slowest to build
+    if device.type == "cuda":
+        paths["compile+tf32"] = lambda: _compiled(model, device, tf32=True)
     return paths
 
 
@@ -171,9 +168,9 @@ def inference_paths(model, device: torch.device, shape: tuple[int, ...], runs: i
         except Exception as err:  # noqa: BLE001 (one path failing leaves the others to measure)
             results[name] = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
             session.log.write(traceback.format_exc())
-    base = results["reference"]["ms_median"]
+    base = results["reference"].get("ms_median")
     for result in results.values():
-        if "ms_median" in result:
+        if base and "ms_median" in result:
             result["speedup_vs_reference"] = base / result["ms_median"]
     return results
 
@@ -183,7 +180,7 @@ def _channels_last(model, tf32: bool) -> Callable:
     module = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), _cudnn_benchmark(), cuda_float32(tf32):
+        with torch.inference_mode(), _cudnn(deterministic=False, benchmark=True), cuda_float32(tf32):
             return module(x.contiguous(memory_format=torch.channels_last))
 
     return run
@@ -192,9 +189,9 @@ def _channels_last(model, tf32: bool) -> Callable:
 def _compiled(model, device: torch.device, tf32: bool) -> Callable:
     """torch.compile of the module (default mode, one shape): Triton kernels fusing the elementwise steps."""
     module = torch.compile(model.to(device), dynamic=False)
-    mode = cuda_float32(tf32) if device.type == "cuda" else contextlib.nullcontext()
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        mode = cuda_float32(tf32) if device.type == "cuda" else contextlib.nullcontext()  # one use each
         with torch.inference_mode(), mode:
             return module(x)
 
@@ -202,13 +199,20 @@ def _compiled(model, device: torch.device, tf32: bool) -> Callable:
 
 
 @contextlib.contextmanager
-def _cudnn_benchmark():
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+def _cudnn(deterministic: bool, benchmark: bool):
+    """cuDNN's algorithm choice for a block (deterministic algorithms only; autotuning), then the caller's."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = deterministic, benchmark
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        cudnn.deterministic, cudnn.benchmark = before
+
+
+def speed_key(precision: str, deterministic: bool) -> str:
+    """The training phase's name for a variant: `fp32`, or `fp32+autotuned` without deterministic cuDNN."""
+    return precision + ("" if deterministic else "+autotuned")
 
 
 # ---------------------------------------------------------------------------------------------------- PSNR
@@ -223,10 +227,14 @@ def mean_psnr(runner: Callable, folder: Path, device: torch.device) -> float:
     return float(np.mean(scores))
 
 
-def precision_psnr(checkpoint: Path, benchmark: Path, device: torch.device) -> dict:
-    """The bundled weights on each carried set at every precision this device offers; deltas against IEEE fp32."""
+def precision_psnr(
+    checkpoint: Path, benchmark: Path, device: torch.device, precisions: tuple[str, ...] | None = None
+) -> dict:
+    """A checkpoint on each carried set at `precisions` (default: every one this device offers); deltas against
+    IEEE fp32, which comes first."""
     model = build_model_from_checkpoint(checkpoint, fused=True)
-    precisions = ("fp32", "tf32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    if precisions is None:
+        precisions = ("fp32", "tf32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
     results = {}
     for name in EVAL_SETS:
         if not (benchmark / name).is_dir():
@@ -252,24 +260,22 @@ def training_speed(device: torch.device, batch: int, patch: int, steps: int) -> 
         variants += [("fp16", True), ("fp32", False), ("bf16", False)]
     results = {}
     for precision, deterministic in variants:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, not deterministic
-        step = make_step(batch, patch, precision=precision, channels_last=True, device=device.type)
-        step()  # warm-up (and autotuning)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        for _ in range(steps):
-            loss = step().item()  # .item() synchronizes every step
-        elapsed = time.perf_counter() - started
-        name = precision + ("" if deterministic else "+autotuned")
-        results[name] = {
+        with _cudnn(deterministic, benchmark=not deterministic):
+            step = make_step(batch, patch, precision=precision, channels_last=True, device=device.type)
+            step()  # warm-up (and autotuning)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+            for _ in range(steps):
+                loss = step().item()  # .item() synchronizes every step
+            elapsed = time.perf_counter() - started
+        results[speed_key(precision, deterministic)] = {
             "iterations_per_s": steps / elapsed,
             "patches_per_s": steps * batch / elapsed,
             "loss": loss,
             "peak_memory_mb": torch.cuda.max_memory_allocated() / MB if device.type == "cuda" else None,
         }
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, False
     return results
 
 
@@ -286,9 +292,7 @@ def continue_training(session: Session, carry: Path, speed: dict, device: torch.
     minutes = 1.0 if session.dry else session.minutes_left() - 1.5
     if minutes < 1:
         return {"skipped": f"{session.minutes_left():.1f} minutes left"}
-    measured = speed.get(config.precision + ("" if config.deterministic else "+autotuned")) or speed.get(
-        config.precision, {}
-    )
+    measured = speed.get(speed_key(config.precision, config.deterministic)) or speed.get(config.precision, {})
     per_s = measured.get("iterations_per_s")
     if not per_s:
         return {"skipped": f"no measured {config.precision} training speed"}
@@ -326,16 +330,10 @@ def continue_training(session: Session, carry: Path, speed: dict, device: torch.
     with tarfile.open(session.out / "gpu_run.tar", "w") as tar:
         tar.add(run_dir, arcname=Path(config.run_dir).name)
     if fused.is_file():
-        result["psnr"] = {"continued": _set_psnr(fused, ROOT / carry, device),
-                          "bundled": _set_psnr(BUNDLED_CHECKPOINT, ROOT / carry, device)}  # fmt: skip
+        benchmark = ROOT / carry / "benchmark"
+        result["psnr"] = {name: precision_psnr(weights, benchmark, device, ("fp32",))
+                          for name, weights in (("continued", fused), ("bundled", BUNDLED_CHECKPOINT))}  # fmt: skip
     return result
-
-
-def _set_psnr(checkpoint: Path, carry: Path, device: torch.device) -> dict:
-    model = build_model_from_checkpoint(checkpoint, fused=True)
-    runner = make_runner(model, device, "reference", "fp32")
-    return {name: mean_psnr(runner, carry / "benchmark" / name, device) for name in EVAL_SETS
-            if (carry / "benchmark" / name).is_dir()}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- main
