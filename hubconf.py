@@ -2,10 +2,14 @@
 
     model = torch.hub.load("path/to/this/repo", "lkdn_s", source="local")             # bundled x4 weights
     model = torch.hub.load("path/to/this/repo", "lkdn", source="local", weights="LKDN_x4.pth")
+    model = torch.hub.load("path/to/this/repo", "from_checkpoint", source="local", weights="any_lkdn.pth")
 
 Both return the inference (fused) form in eval mode, taking (B, 3, H, W) RGB in [0, 1] and returning
 (B, 3, sH, sW) unclamped (clamp before saving). `weights` is any checkpoint the loader accepts (training or fused
-form, a plain or BasicSR-style state dict); a training-form checkpoint is fused on loading.
+form, a plain or BasicSR-style state dict); a training-form checkpoint is fused on loading, a fused one
+unfused for `fused=False`. Given `weights`, the ablation variant is the one the file holds (declared in files
+this repository writes, else read from the keys); its width, depth and scale must be the entry point's.
+`from_checkpoint` loads any LKDN.
 
 This file imports the repository's `models` and `utils` packages by those names: in a process that has already
 imported other modules called `models` or `utils` (another hub repository's), load this one in a fresh process.
@@ -24,9 +28,7 @@ from utils.files import checkpoint as _checkpoint
 dependencies = ["torch"]  # what importing this file and building the models needs
 
 
-def _weights_path(name: str, pretrained: bool, weights: str | os.PathLike | None, scale: int):
-    if weights is not None:
-        return _pathlib.Path(weights)
+def _bundled_path(name: str, pretrained: bool, scale: int) -> _pathlib.Path | None:
     if not pretrained:
         return None
     if name != "lkdn_s":
@@ -41,10 +43,24 @@ def _weights_path(name: str, pretrained: bool, weights: str | os.PathLike | None
     return _checkpoint.checkpoint_or_bundled(None, how_to_pass="weights=<path of a checkpoint>")
 
 
+def _from_file(weights: str | os.PathLike, fused: bool) -> _models.LKDN:
+    return _checkpoint.build_model_from_checkpoint(_pathlib.Path(weights), fused=fused).eval()
+
+
 def _build(
     name: str, model: _models.LKDN, pretrained: bool, weights: str | os.PathLike | None
 ) -> _models.LKDN:
-    path = _weights_path(name, pretrained, weights, model.scale)
+    if weights is not None:  # the file's network, its ablation variant included; width, depth, scale checked
+        loaded = _from_file(weights, model.fused)
+        held = (loaded.num_feat, loaded.num_blocks, loaded.scale)
+        if held != (model.num_feat, model.num_blocks, model.scale):
+            this, wanted = (_checkpoint.config_name(m.num_feat, m.num_blocks) for m in (loaded, model))
+            raise _errors.UserError(
+                f"{weights}: this is {this} x{loaded.scale}, not {wanted} x{model.scale}; load it with the "
+                "entry point of its network, or with 'from_checkpoint'"
+            )
+        return loaded
+    path = _bundled_path(name, pretrained, model.scale)
     if path is None:
         return model
     return _checkpoint.load_checkpoint(path, model).eval()
@@ -70,3 +86,9 @@ def lkdn(
     model; without them the model is randomly initialized.
     """
     return _build("lkdn", _models.lkdn(scale=scale, fused=fused), pretrained, weights)
+
+
+def from_checkpoint(weights: str | os.PathLike, fused: bool = True) -> _models.LKDN:
+    """Any LKDN a checkpoint holds (any width, depth, scale and ablation variant): the network its file declares,
+    or, for files that declare none, the one its keys identify exactly."""
+    return _from_file(weights, fused)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -36,7 +37,16 @@ from utils.errors import EXIT_USER_ERROR, UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
 from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
 from utils.image.imresize import matlab_imresize
-from utils.runtime.backends import BACKENDS, PRECISION_HELP, PRECISIONS, Runner, make_runner
+from utils.runtime.backends import (
+    BACKENDS,
+    PRECISION_HELP,
+    PRECISIONS,
+    InputTooSmall,
+    OutputError,
+    Runner,
+    make_runner,
+    probe_runner,
+)
 from utils.runtime.tiling import tiled_forward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -55,27 +65,62 @@ _UNITS = {"": 1024**2, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # ----------------------------------------------------------------------------------------------------- inputs
 
 
+class FatalError(UserError):
+    """A user error that stops the whole run (not only the image it showed on)."""
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _regular_file(path: Path) -> Path:
+    """`path` if it is a regular file (not a FIFO, device or socket, which would block or never end)."""
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file (a pipe, device or socket); pass image files")
+    return path
+
+
+def _walk_glob(spec: str) -> list[Path]:
+    """Glob matches of `spec`, with `**` descending into each real folder once: a symlink loop ends (Python's
+    glob follows directory symlinks with no memory of where it has been)."""
+    if "**" not in spec:
+        return sorted(Path(p) for p in glob.glob(spec))
+    root, _, rest = spec.partition("**")
+    root, rest = root.rstrip("/") or ".", rest.lstrip("/") or "*"
+    matches: set[Path] = set()
+    seen: set[Path] = set()
+    for base in sorted(Path(p) for p in glob.glob(root)) if glob.has_magic(root) else [Path(root)]:
+        for folder, subfolders, _ in os.walk(base, followlinks=True):
+            real = Path(folder).resolve()
+            if real in seen:
+                subfolders[:] = []  # a folder reached twice (a loop or a second link): its files are counted
+                continue
+            seen.add(real)
+            matches.update(Path(p) for p in glob.glob(os.path.join(glob.escape(folder), rest)))
+    return sorted(matches)
+
+
 def collect_inputs(specs: list[str]) -> list[Path]:
-    """Image files named by `specs`: files as given, folders' images (not recursive), glob matches (sorted)."""
+    """Image files named by `specs`: files as given, folders' images (not recursive), glob matches (sorted).
+    A file named twice, or reached twice through links, is upscaled once."""
     found: list[Path] = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in path.iterdir() if _is_image(p))
             if not images:
                 raise UserError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder; check -i")
             found += images
         elif path.exists():
-            found.append(path)
+            found.append(_regular_file(path))
         elif glob.has_magic(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
-            images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            images = [p for p in _walk_glob(spec) if _is_image(p)]
             if not images:
                 raise UserError(f"{spec}: no image file matches this pattern; check -i")
             found += images
         else:
             raise UserError(f"{spec}: no such file or folder; check -i")
-    unique = {p.resolve(): p for p in found}  # a file named twice is upscaled once
+    unique = {p.resolve(): p for p in found}
     return list(unique.values())
 
 
@@ -192,6 +237,29 @@ def upscale_image(image: DecodedImage, upscaler: Upscaler) -> tuple[np.ndarray, 
     return np.ascontiguousarray(pixels), tile
 
 
+def _upscale_file(
+    src: Path, image: DecodedImage, upscaler: Upscaler, checkpoint: Path
+) -> tuple[np.ndarray, int]:
+    """upscale_image, every failure of this image a UserError naming it; weights whose output is no image
+    (OutputError) stop the whole run with a FatalError naming them."""
+    try:
+        return upscale_image(image, upscaler)
+    except OutputError as err:
+        raise FatalError(
+            f"{checkpoint}: {err}; the weights are damaged or diverged: use another checkpoint"
+        ) from None
+    except (InputTooSmall, UserError) as err:
+        raise UserError(f"{src}: {err}") from None
+    except (torch.OutOfMemoryError, MemoryError):
+        raise UserError(f"{src}: out of memory; pass a smaller --max-memory") from None
+    except RuntimeError as err:  # the CPU allocator's failure is a plain RuntimeError
+        if "alloc" not in str(err) and "memory" not in str(err):
+            raise
+        raise UserError(
+            f"{src}: out of memory ({str(err).splitlines()[0][:80]}); pass a smaller --max-memory"
+        ) from None
+
+
 def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
     path = checkpoint_or_bundled(args.model_path)
     model = build_model_from_checkpoint(path, fused=True)
@@ -200,6 +268,12 @@ def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
         runner = make_runner(model, device, args.backend, args.precision)
     except ValueError as err:
         raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
+    try:
+        probe_runner(runner, device)
+    except OutputError as err:
+        raise UserError(
+            f"{path}: {err}; the weights are damaged or diverged: use another checkpoint"
+        ) from None
     radius, per_pixel = model.receptive_radius(), bytes_per_lr_pixel(model)
     if radius is not None and args.max_memory < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
         needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)
@@ -266,22 +340,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{src}: its output {dst} is also {written[dst.resolve()]}'s; upscale them apart"
                 )
             image = read_image(src)
-            try:
-                pixels, tile = upscale_image(image, upscaler)
-            except (torch.OutOfMemoryError, MemoryError):
-                raise UserError(f"{src}: out of memory; pass a smaller --max-memory") from None
-            except RuntimeError as err:  # the CPU allocator's failure is a plain RuntimeError
-                if "alloc" not in str(err) and "memory" not in str(err):
-                    raise
-                raise UserError(
-                    f"{src}: out of memory ({str(err).splitlines()[0][:80]}); pass a smaller --max-memory"
-                ) from None
+            pixels, tile = _upscale_file(src, image, upscaler, checkpoint)
             write_image(dst, pixels)
             written[dst.resolve()] = src
             height, width = image.rgb.shape[:2]
             if tile < max(height, width):
                 tiles = math.ceil(height / tile) * math.ceil(width / tile)
                 tqdm.write(f"{src}: {width}x{height} in {tiles} tiles of {tile} LR pixels (--max-memory)")
+        except FatalError:
+            raise
         except UserError as err:
             tqdm.write(f"failed: {err}", file=sys.stderr)
             failed += 1

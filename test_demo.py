@@ -34,11 +34,21 @@ from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_text_atomic
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled
 from utils.files.image_io import read_rgb, read_size, to_tensor, to_uint8, write_rgb
+from utils.files.lock import exclusive
 from utils.image.imresize import matlab_imresize
 from utils.measure.metrics import SSIM_WINDOW, crop_to_multiple, psnr_rgb, psnr_y, ssim, ssim_y
 from utils.measure.model_summary import CHALLENGE_INPUT, summarize
 from utils.measure.timing import PeakMemory, timed_ms
-from utils.runtime.backends import BACKENDS, PRECISION_HELP, PRECISIONS, Runner, make_runner
+from utils.runtime.backends import (
+    BACKENDS,
+    PRECISION_HELP,
+    PRECISIONS,
+    OutputError,
+    Runner,
+    check_output,
+    make_runner,
+    probe_runner,
+)
 from utils.runtime.tiling import tiled_forward
 
 SCALE = 4
@@ -103,6 +113,12 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
         runner = make_runner(model, device, args.backend, args.precision)
     except ValueError as err:
         raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
+    try:
+        probe_runner(runner, device)
+    except OutputError as err:
+        raise UserError(
+            f"{path}: {err}; the weights are damaged or diverged: use another checkpoint"
+        ) from None
     radius = model.receptive_radius()
     overlap = args.tile_overlap if args.tile_overlap is not None else radius
     if args.tile and overlap is None:
@@ -231,6 +247,16 @@ def forward(runner: Runner, lr: torch.Tensor, tile: int | None, overlap: int) ->
     return tiled_forward(runner, lr, tile, overlap, SCALE)
 
 
+def _check_runnable(runner: Runner, lr_path: Path) -> None:
+    """An LR image the network takes (checked from its header, before any run)."""
+    height, width = read_size(lr_path)
+    if min(height, width) < getattr(runner, "min_size", 1):
+        raise UserError(
+            f"{lr_path}: {width}x{height} pixels; this network's attention (ESA) needs at least "
+            f"{runner.min_size} on a side: remove the image from the set"
+        )
+
+
 def _check_measurable(hr_path: Path, with_ssim: bool) -> None:
     """An HR image large enough for the metrics inside the border (checked from its header, before any run)."""
     height, width = (side // SCALE * SCALE for side in read_size(hr_path))
@@ -263,20 +289,28 @@ def run(
     psnr_fn, ssim_fn = (psnr_y, ssim_y) if y_channel else (psnr_rgb, ssim)
     with_ssim = args.ssim or y_channel
     out_dir = save_dir / selected.name / mode
-    for _, hr_path in pairs:
+    for lr_path, hr_path in pairs:
+        _check_runnable(selected.runner, lr_path)
         _check_measurable(hr_path, with_ssim)
+    # the network alone is timed, as the kit times it; its output is checked right after, outside the timing
+    network = getattr(selected.runner, "raw", selected.runner)
     runtimes, psnrs, ssims = [], [], []
     memory = PeakMemory(device)
     if device.type == "cpu":
         # the kit does not warm up; on a CPU the first call pays for allocations and kernel setup
-        forward(selected.runner, to_tensor(read_rgb(pairs[0][0])).to(device), args.tile, selected.overlap)
+        forward(network, to_tensor(read_rgb(pairs[0][0])).to(device), args.tile, selected.overlap)
     for lr_path, hr_path in tqdm(pairs, desc=f"{mode:>12s}", unit="img", file=sys.stderr, leave=False):
         lr, hr = _load_pair(lr_path, hr_path)
         lr_tensor = to_tensor(lr).to(device)
         with memory:
-            sr, ms = timed_ms(
-                lambda x=lr_tensor: forward(selected.runner, x, args.tile, selected.overlap), device
-            )
+            sr, ms = timed_ms(lambda x=lr_tensor: forward(network, x, args.tile, selected.overlap), device)
+        try:
+            check_output(sr)
+        except OutputError as err:
+            raise UserError(
+                f"{selected.checkpoint}: {err} on {lr_path}; the weights are damaged or diverged: use another "
+                "checkpoint"
+            ) from None
         sr = to_uint8(sr)
         runtimes.append(ms)
         psnrs.append(psnr_fn(sr, hr, border=BORDER))
@@ -336,6 +370,19 @@ def _read_results(path: Path) -> dict:
             f"{path}: not a results.json of this script (a mapping of model name to figures); move it away or "
             "choose another --save_dir"
         )
+    return results
+
+
+def update_results(path: Path, name: str, entry: dict, keep: tuple[str, ...] | None = None) -> dict:
+    """Merge `entry` into the row `name` of results.json and return all rows: read, merged and written under
+    an exclusive lock (`.results.json.lock` beside it), so that runs sharing a --save_dir never lose a row.
+    The row keeps its earlier fields (`keep` None) or only those named in `keep`."""
+    with exclusive(path.parent / f".{path.name}.lock"):
+        results = _read_results(path)
+        old = results.get(name, {})
+        kept = old if keep is None else {key: old[key] for key in keep if key in old}
+        results[name] = {**kept, **entry}
+        write_text_atomic(path, json.dumps(results, indent=2))
     return results
 
 
@@ -580,8 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_setup(selected, args, device)
 
     results_path = args.save_dir / "results.json"
-    results = _read_results(results_path)
-    entry = results.get(selected.name, {})
+    _read_results(results_path)  # a file of another shape is refused before anything runs
     info = {
         "device": str(device),
         "backend": selected.runner.name,
@@ -589,14 +635,12 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(selected.checkpoint) if selected.checkpoint else None,
         "tile": args.tile,
     }
-    if args.benchmark_dir is not None:
-        entry.update(run_benchmark(selected, datasets, device, args, info))
+    if args.benchmark_dir is not None:  # a benchmark run adds its part to the entry
+        entry, keep = run_benchmark(selected, datasets, device, args, info), None
     else:  # a challenge run replaces the entry's challenge part and keeps its benchmark part
-        kept = {key: entry[key] for key in ("benchmark", "benchmark_info") if key in entry}
-        entry = {**kept, **run_challenge(selected, datasets, device, args, info)}
+        entry, keep = run_challenge(selected, datasets, device, args, info), ("benchmark", "benchmark_info")
     entry.update(complexity(selected))
-    results[selected.name] = entry
-    write_text_atomic(results_path, json.dumps(results, indent=2))
+    results = update_results(results_path, selected.name, entry, keep)
     _report(selected, results, args, device)
     return 0
 

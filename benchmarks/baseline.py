@@ -2,9 +2,10 @@
 
 `load_native(rev)` writes that commit's utils/runtime/native.py, its kernel source and the vector header the
 kernel includes into a scratch folder, imports that copy of the module under a name of its own (its kernel is
-built and cached like today's, keyed by its own source) and returns a runner for a fused model. The copy keeps
-importing today's `models`, `utils.native.build` and `utils.runtime.fast`, so a revision works when those
-still offer what it used; a revision that does not is reported as unavailable, not guessed at.
+built and cached like today's, keyed by its own source) and returns a runner for a fused model. Its
+`utils.runtime.fast` (which native.py builds on) is that commit's too; the copies keep importing today's
+`models` and `utils.native.build`, so a revision works when those still offer what it used; a revision that
+does not is reported as unavailable, not guessed at.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {
     "utils/runtime/native.py": "native.py",
+    "utils/runtime/fast.py": "fast.py",  # what native.py builds on, as of the same revision
     "utils/runtime/kernels/lkdn_cpu.cpp": "kernels/lkdn_cpu.cpp",
     "utils/native/vector.h": "kernels/vector.h",  # the kernel includes it from its own folder first
 }
@@ -43,18 +45,33 @@ def _git_show(rev: str, path: str) -> str:
     return done.stdout
 
 
+def _import(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_native(rev: str, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A runner of `model` (fused) by revision `rev`'s native backend; raises BaselineUnavailable."""
     folder = Path(tempfile.mkdtemp(prefix=f"lkdn-native-{rev}-"))
     for path, target in FILES.items():
         (folder / target).parent.mkdir(parents=True, exist_ok=True)
         (folder / target).write_text(_git_show(rev, path))
-    name = f"_lkdn_native_{rev}"
-    spec = importlib.util.spec_from_file_location(name, folder / "native.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        fast = _import(f"_lkdn_fast_{rev}", folder / "fast.py")
+        today = sys.modules.get("utils.runtime.fast")
+        sys.modules["utils.runtime.fast"] = (
+            fast  # native.py's `from utils.runtime.fast import ...` gets rev's
+        )
+        try:
+            module = _import(f"_lkdn_native_{rev}", folder / "native.py")
+        finally:
+            if today is None:
+                del sys.modules["utils.runtime.fast"]
+            else:
+                sys.modules["utils.runtime.fast"] = today
         net = module.NativeLKDN(model).eval()
     except Exception as err:  # an old module against today's packages, or its kernel failing to build
         raise BaselineUnavailable(f"native at {rev}: {type(err).__name__}: {err}") from None

@@ -27,7 +27,6 @@ else `--model_path`, else seeded random weights (said in the output; speed does 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from baseline import BaselineUnavailable, load_native  # this script's folder
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import lkdn_s
+from utils.device import cpu_description
 from utils.errors import UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import read_rgb, to_tensor
@@ -403,10 +403,7 @@ def main() -> None:
             runner = build_runners(model, args, Path(scratch), only=name)[name]
             print(peak_extra_mb(runner, make_input(size)[1]))
             return
-        cpu = next(
-            (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?"
-        )
-        print(f"torch {torch.__version__}, CPU: {cpu} ({platform.machine()}, {_vector_isa()})")
+        print(f"torch {torch.__version__}, CPU: {cpu_description()}")
         print(f"weights: {weights}")
         for threads in args.threads or [torch.get_num_threads()]:
             torch.set_num_threads(threads)
@@ -430,18 +427,6 @@ def native_bytes_written(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     n, _, h, w = shape
     maps = (1 + model.num_blocks) * n * h * w * model.num_feat
     return 4 * (maps + n * 3 * h * w * model.scale**2)
-
-
-def _vector_isa() -> str:
-    flags = next((line for line in _cpuinfo() if line.startswith("flags")), "")
-    return "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":

@@ -300,7 +300,8 @@ def continue_training(session: Session, carry: Path, speed: dict, device: torch.
     per_s *= 0.8 * (128 * 64 * 64) / (config.batch_size * config.lr_patch**2)
     iters = 4 if session.dry else max(2, int(per_s * 60 * minutes))
     run_dir = session.out / "gpu_run" if session.dry else ROOT / config.run_dir
-    stop_after = 1e-6 if session.dry else minutes  # dry: stopped by the clock after one step, as a long run would be
+    # dry: stopped by the clock after one step, as a long run would be
+    stop_after = 1e-6 if session.dry else minutes
     flags = ["--max_minutes", f"{stop_after:g}", "--run_dir", str(run_dir), "--device", device.type,
              "--train_sources", str(carry / "train"), "--val_dirs", str(carry / "benchmark" / "Set5"),
              "--cache_dir", str(carry / "cache")]  # fmt: skip

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from factsheet.manifest import FACTSHEET_DIR, Manifest, Row
+from utils.device import cpu_description
 from utils.errors import UserError
 from utils.files.atomic_write import write_bytes_atomic, write_text_atomic
 
@@ -127,6 +128,7 @@ def measure(row: Row, manifest: Manifest) -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_description(),
         "load_average_at_start": [round(x, 2) for x in load],
     }
     write_text_atomic(row.results_path, json.dumps({row.entry: results[row.entry]}, indent=2) + "\n")

@@ -158,11 +158,12 @@ def challenge_table(manifest: Manifest, out: Generated) -> str:
     images = number(figure(entry, ("valid_num_images",), row, manifest), "d")
     provenance = read_provenance(row) or {}
     load = provenance.get("load_average_at_start")
+    cpu = f" of an {escape(provenance['cpu'])}" if provenance.get("cpu") else ""
     busy = f" (1-minute load average {load[0]:.2f} when the run started)" if load else ""
     cpu_note = (
         f"Measured on {escape(entry.get('device', '?'))}: the mean forward time over {images} DIV2K valid LR "
         f"image(s) ({code(lr_name)}), timed with \\texttt{{perf\\_counter}} after a warm-up pass, on a shared "
-        f"machine with {escape(provenance.get('cpu_count', '?'))} CPU cores{busy}; memory: "
+        f"machine with {escape(provenance.get('cpu_count', '?'))} CPU cores{cpu}{busy}; memory: "
         f"{escape(entry.get('memory_measure', '?'))}. Not comparable with the challenge's GPU figures."
     )
     cells = [r"LKDN-S, measured here" + source]

@@ -14,7 +14,10 @@ MODEL_NAME = f"team{TEAM_NUMBER:02d}_LKDN"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "model_zoo" / f"{MODEL_NAME}.pth"
 
 _network = importlib.import_module(f"{__name__}.{MODEL_NAME}")
+ARCH = _network.ARCH
 Attention = _network.Attention
+BSConvWeights = _network.BSConvWeights
+CONFIG_FIELDS = _network.CONFIG_FIELDS
 ShallowBlock = _network.ShallowBlock
 ATTENTIONS = _network.ATTENTIONS
 SHALLOW_BLOCKS = _network.SHALLOW_BLOCKS
@@ -25,12 +28,17 @@ RepUpsampler = _network.RepUpsampler
 config_from_state_dict = _network.config_from_state_dict
 fuse_model = _network.fuse_model
 replace_modules = _network.replace_modules
+same_network = _network.same_network
+unfuse_model = _network.unfuse_model
 lkdn_s = _network.lkdn_s
 lkdn = _network.lkdn
 
 __all__ = [
+    "ARCH",
     "ATTENTIONS",
     "Attention",
+    "BSConvWeights",
+    "CONFIG_FIELDS",
     "ShallowBlock",
     "BUNDLED_CHECKPOINT",
     "LKDB",
@@ -45,4 +53,6 @@ __all__ = [
     "lkdn",
     "lkdn_s",
     "replace_modules",
+    "same_network",
+    "unfuse_model",
 ]

@@ -13,21 +13,40 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+ARCH = "LKDN"
 Attention = Literal["lka", "esa_cca", "none"]
 ShallowBlock = Literal["rbsb", "bsconv_shortcut", "bsconv"]
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 SHALLOW_BLOCKS: tuple[str, ...] = get_args(ShallowBlock)
+CONFIG_FIELDS = ("arch", "num_feat", "num_blocks", "scale", "in_ch", "out_ch", "attention", "shallow", "fused",
+                 "upsampler", "online_fusion")  # fmt: skip  # LKDN.config(), in order
+DERIVED_FIELDS = ("arch", "upsampler")  # implied by the others; checked, not passed to the constructor
+
+
+def upsampler_kind(fused: bool) -> str:
+    """The upsampler of a form: one 3x3 conv (fused), or the training form's three branches."""
+    return "conv3x3" if fused else "rep3"
 
 
 def conv_radius(conv: nn.Conv2d) -> int:
     """How many pixels on each side of an output pixel a (square, odd) conv reads."""
     return conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
+
+
+class BSConvWeights(NamedTuple):
+    """A blueprint-separable step as weights: dw(pw(x)) + bias, plus x when `shortcut`. What every refine block
+    of a distillation step is, in its fused form: the fast path and the native kernels' packing read this."""
+
+    pw: Tensor  # (out, in, 1, 1)
+    dw: Tensor  # (out, 1, 3, 3)
+    bias: Tensor  # (out,)
+    shortcut: bool
 
 
 class BSConv(nn.Module):
@@ -41,12 +60,24 @@ class BSConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.dw(self.pw(x))
 
+    def bsconv_weights(self) -> BSConvWeights:
+        return BSConvWeights(self.pw.weight, self.dw.weight, self.dw.bias, False)
 
-class BSConvShortcut(BSConv):
-    """Ablation: BSConv with an identity shortcut around both convs (not fusable into one BSConv)."""
+
+class BSConvShortcut(nn.Module):
+    """Ablation: BSConv with an identity shortcut around both convs (not fusable into one BSConv). Its convs sit
+    under `body.`, so that its state-dict keys differ from a plain BSConv's: a file of one never loads as the
+    other (their outputs differ)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.body = BSConv(in_ch, out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dw(self.pw(x)) + x
+        return self.body(x) + x
+
+    def bsconv_weights(self) -> BSConvWeights:
+        return self.body.bsconv_weights()._replace(shortcut=True)
 
 
 class RBSB(nn.Module):
@@ -70,6 +101,25 @@ class RBSB(nn.Module):
         pw = self.pw.weight + eye[:, :, None, None]
         dw = self.dw.weight + F.pad(self.rep1x1.weight + 1.0, (1, 1, 1, 1))
         return pw, dw, self.dw.bias + self.rep1x1.bias
+
+    def bsconv_weights(self) -> BSConvWeights:
+        return BSConvWeights(*self.fused_params(), False)
+
+    @classmethod
+    @torch.no_grad()
+    def from_bsconv(cls, fused: BSConv, online_fusion: bool = True) -> RBSB:
+        """An RBSB computing exactly what `fused` computes (the inverse of fusing): the identities taken back
+        out of the weights, the 1x1 depthwise branch zero. A training-form network can so start from fused
+        weights."""
+        channels = fused.pw.weight.shape[0]
+        block = cls(channels, online_fusion).to(fused.pw.weight)
+        block.pw.weight.copy_(fused.pw.weight - torch.eye(channels).to(fused.pw.weight)[:, :, None, None])
+        block.dw.weight.copy_(fused.dw.weight)
+        block.dw.weight[:, :, 1, 1] -= 1.0
+        block.dw.bias.copy_(fused.dw.bias)
+        block.rep1x1.weight.zero_()
+        block.rep1x1.bias.zero_()
+        return block
 
     def forward(self, x: Tensor) -> Tensor:
         if self.online_fusion:
@@ -132,6 +182,24 @@ class RepUpsampler(nn.Module):
         conv.bias.copy_(bias)
         return nn.Sequential(conv, nn.PixelShuffle(self.scale))
 
+    @classmethod
+    @torch.no_grad()
+    def from_fused(cls, fused: nn.Sequential, online_fusion: bool = True) -> RepUpsampler:
+        """A RepUpsampler computing exactly what the fused upsampler computes: its 3x3 conv as `conv3`, the
+        other branches zero."""
+        conv, shuffle = fused[0], fused[1]
+        out = conv.weight.shape[0]
+        up = cls(
+            conv.weight.shape[1], out // shuffle.upscale_factor**2, shuffle.upscale_factor, online_fusion
+        )
+        up = up.to(conv.weight)
+        for branch in (up.conv1, up.conv1x1, up.conv3x3):
+            branch.weight.zero_()
+            branch.bias.zero_()
+        up.conv3.weight.copy_(conv.weight)
+        up.conv3.bias.copy_(conv.bias)
+        return up
+
 
 class ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over the channel dimension at every pixel of an NCHW tensor."""
@@ -157,7 +225,10 @@ class LKA(nn.Module):
 
 
 class ESA(nn.Module):
-    """Ablation: enhanced spatial attention (RFANet / RFDN)."""
+    """Ablation: enhanced spatial attention (RFANet / RFDN). Its strided 3x3 and 7x7 max-pool need inputs of at
+    least MIN_SIZE pixels on a side."""
+
+    MIN_SIZE = 15  # (15 - 3) // 2 + 1 = 7 pixels after the stride-2 conv: one 7x7 pooling window
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -256,11 +327,39 @@ class LKDB(nn.Module):
         self.c6 = nn.Conv2d(channels, channels, 1)
         self.pixel_norm = ChannelLayerNorm(channels)
 
+    def steps(self) -> tuple[tuple[nn.Conv2d, nn.Module], ...]:
+        """The three distillation steps, each (distillation 1x1 conv, refine block) of one input."""
+        return ((self.c1_d, self.c1_r), (self.c2_d, self.c2_r), (self.c3_d, self.c3_r))
+
     def forward(self, x: Tensor) -> Tensor:
-        r1 = self.act(self.c1_r(x))
-        r2 = self.act(self.c2_r(r1))
-        r3 = self.act(self.c3_r(r2))
-        return self.merge([self.c1_d(x), self.c2_d(r1), self.c3_d(r2), self.c4(r3)], x)
+        """The block's dataflow, written once. Training's shared-input block and the fast path's NHWC block
+        (train/conv_backward.py, utils/runtime/fast.py) are subclasses that change how a step is computed,
+        never which steps there are; the native kernels' packing reads `steps()` and `bsconv_weights()`."""
+        distilled, h = [], x
+        for distill, refine in self.steps():
+            d, h = self.distill_step(h, distill, refine)
+            distilled.append(d)
+        distilled.append(self.last_step(h))
+        return self.finish(self.attend(self.fuse_distilled(distilled)), x)
+
+    def distill_step(self, h: Tensor, distill: nn.Conv2d, refine: nn.Module) -> tuple[Tensor, Tensor]:
+        """(distilled features, GELU of the refined features); the distilled ones get GELU in fuse_distilled."""
+        return distill(h), self.act(refine(h))
+
+    def last_step(self, h: Tensor) -> Tensor:
+        """c4 on the last refined features: the fourth distilled part (GELU in fuse_distilled)."""
+        return self.c4(h)
+
+    def fuse_distilled(self, distilled: list[Tensor]) -> Tensor:
+        """c5 over the distilled features. GELU(concat) == concat(GELU): one activation instead of four."""
+        return self.c5(self.act(torch.cat(distilled, dim=1)))
+
+    def attend(self, u: Tensor) -> Tensor:
+        return self.atten(u)
+
+    def finish(self, attended: Tensor, x: Tensor) -> Tensor:
+        """c6, the per-pixel LayerNorm and the block's residual."""
+        return self.pixel_norm(self.c6(attended)) + x
 
     def receptive_radius(self) -> int | None:
         """The block's LR radius along its longest path (three refine steps, c4, attention); None when the
@@ -269,14 +368,8 @@ class LKDB(nn.Module):
         if isinstance(self.atten, ESACCA):
             return None
         attention = self.atten.receptive_radius() if isinstance(self.atten, LKA) else 0
-        return sum(conv_radius(getattr(self, name).dw) for name in ("c1_r", "c2_r", "c3_r", "c4")) + attention
-
-    def merge(self, distilled: list[Tensor], x: Tensor) -> Tensor:
-        """The block after its distillation steps: c5 over the distilled features, attention, c6, pixel norm,
-        and the residual `x`."""
-        # GELU(concat) == concat(GELU): one activation over the distilled features instead of four on slices
-        activated = self.act(torch.cat(distilled, dim=1))
-        return self.pixel_norm(self.c6(self.atten(self.c5(activated)))) + x
+        refine = [getattr(self, name).bsconv_weights().dw for name in ("c1_r", "c2_r", "c3_r", "c4")]
+        return sum((w.shape[-1] - 1) // 2 for w in refine) + attention
 
 
 class LKDN(nn.Module):
@@ -303,6 +396,7 @@ class LKDN(nn.Module):
         self.num_feat, self.num_blocks, self.scale = num_feat, num_blocks, scale
         self.in_ch, self.out_ch = in_ch, out_ch
         self.attention, self.shallow, self.fused = attention, shallow, fused
+        self.online_fusion = online_fusion
         self.fea_conv = BSConv(in_ch * 4, num_feat)
         for i in range(1, num_blocks + 1):
             self.add_module(f"B{i}", LKDB(num_feat, attention, shallow, fused, online_fusion))
@@ -346,8 +440,11 @@ class LKDN(nn.Module):
         return conv
 
     def config(self) -> dict:
-        """Constructor arguments that rebuild this network (fused or not)."""
+        """The network's identity: every constructor argument, the form included, plus the upsampler kind it
+        implies. Every file the project writes carries it (utils.files.checkpoint); `from_config` rebuilds the
+        network from it."""
         return {
+            "arch": ARCH,
             "num_feat": self.num_feat,
             "num_blocks": self.num_blocks,
             "scale": self.scale,
@@ -355,7 +452,31 @@ class LKDN(nn.Module):
             "out_ch": self.out_ch,
             "attention": self.attention,
             "shallow": self.shallow,
+            "fused": self.fused,
+            "upsampler": upsampler_kind(self.fused),
+            "online_fusion": self.online_fusion,
         }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> LKDN:
+        """The network `config` describes (LKDN.config()'s fields; `arch` and `upsampler` are checked, the rest
+        built; an `upsampler` of None is left to the form)."""
+        unknown = set(config) - set(CONFIG_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+        if config.get("arch", ARCH) != ARCH:
+            raise ValueError(f"arch is {config['arch']!r}, not {ARCH!r}")
+        args = {key: config[key] for key in CONFIG_FIELDS if key in config and key not in DERIVED_FIELDS}
+        model = cls(**args)
+        if config.get("upsampler") not in (None, upsampler_kind(model.fused)):
+            raise ValueError(
+                f"upsampler {config['upsampler']!r} does not fit the {'fused' if model.fused else 'training'} form"
+            )
+        return model
+
+    def min_input_size(self) -> int:
+        """The smallest LR side the network takes: ESA's strided conv and pooling need 15 pixels."""
+        return ESA.MIN_SIZE if self.attention == "esa_cca" else 1
 
     def receptive_radius(self) -> int | None:
         """The LR receptive-field radius: an output pixel depends on the input within this many LR pixels
@@ -368,6 +489,7 @@ class LKDN(nn.Module):
         return conv_radius(self.fea_conv.dw) + sum(blocks) + conv_radius(self.c2.dw) + conv_radius(up)
 
     def set_online_fusion(self, enabled: bool) -> LKDN:
+        self.online_fusion = enabled
         for module in self.modules():
             if hasattr(module, "online_fusion"):
                 module.online_fusion = enabled
@@ -375,34 +497,65 @@ class LKDN(nn.Module):
 
 
 def config_from_state_dict(state: Mapping[str, Tensor]) -> dict:
-    """The constructor arguments of the LKDN a state dict was saved from, and whether it is the fused form:
-    {num_feat, num_blocks, scale, in_ch, out_ch, attention, fused}. Raises KeyError naming a key that every
-    LKDN state dict has when `state` has not got it.
+    """The identity (LKDN.config()) of the network a state dict was saved from, read off its keys and shapes.
 
-    The shallow block is not stored in the keys (RBSB's fused form and the BSConv ablations share them): an
-    RBSB (training-form keys) or a fused RBSB is assumed."""
+    Exact: every form and variant has keys of its own (the training form's RBSB: `rep1x1`; the shortcut
+    ablation: `body.`; the fused form: `upsampler.0`; the attentions: `atten.pointwise` or `atten.esa`), except
+    where two variants compute the same function: a fused RBSB and the plain BSConv ablation in fused form, read
+    as `rbsb`. `online_fusion` does not change what a network computes and is not in the keys: True. Raises
+    KeyError naming a key that every LKDN state dict has when `state` has not got it, ValueError for shapes no
+    LKDN has."""
     for key in ("fea_conv.pw.weight", "c1.weight", "B1.c5.weight"):
         if key not in state:
             raise KeyError(key)
     num_feat, in_ch4 = state["fea_conv.pw.weight"].shape[:2]
-    if num_feat < 1 or in_ch4 < 4:
+    if num_feat < 1 or in_ch4 < 4 or in_ch4 % 4:
         raise ValueError(f"fea_conv.pw.weight of shape {tuple(state['fea_conv.pw.weight'].shape)}")
     fused = "upsampler.0.weight" in state
     up = state["upsampler.0.weight" if fused else "upsampler.conv3.weight"]
     in_ch = in_ch4 // 4
     out_ch = in_ch  # the network's output has its input's channels in every released configuration
     scale = round((up.shape[0] / out_ch) ** 0.5)
+    if scale < 1 or scale * scale * out_ch != up.shape[0]:
+        raise ValueError(f"an upsampler of {up.shape[0]} outputs for {out_ch} channels")
     if "B1.atten.pointwise.weight" in state:
         attention = "lka"
     elif "B1.atten.esa.conv1.weight" in state:
         attention = "esa_cca"
     else:
         attention = "none"
+    if "B1.c1_r.rep1x1.weight" in state:
+        shallow = "rbsb"
+    elif "B1.c1_r.body.pw.weight" in state:
+        shallow = "bsconv_shortcut"
+    else:
+        shallow = "rbsb" if fused else "bsconv"
     num_blocks = len({int(m.group(1)) for key in state if (m := re.match(r"B(\d+)\.", key))})
     return {
-        "num_feat": int(num_feat), "num_blocks": num_blocks, "scale": scale, "in_ch": int(in_ch),
-        "out_ch": int(out_ch), "attention": attention, "fused": fused,
+        "arch": ARCH, "num_feat": int(num_feat), "num_blocks": num_blocks, "scale": scale, "in_ch": int(in_ch),
+        "out_ch": int(out_ch), "attention": attention, "shallow": shallow, "fused": fused,
+        "upsampler": upsampler_kind(fused), "online_fusion": True,
     }  # fmt: skip
+
+
+def same_network(a: Mapping[str, object], b: Mapping[str, object]) -> list[str]:
+    """The fields in which two identities describe networks of different function or different weights (the
+    form aside, which fusing converts; `online_fusion` aside, which changes how, not what, a network computes).
+    RBSB and the plain BSConv ablation are the same network once one side is fused: its fused form is the
+    other's, or fuses from it."""
+    differ = []
+    for field in ("num_feat", "num_blocks", "scale", "in_ch", "out_ch", "attention", "shallow"):
+        if a.get(field) == b.get(field):
+            continue
+        plain = {"rbsb", "bsconv"}
+        if (
+            field == "shallow"
+            and (a.get("fused") or b.get("fused"))
+            and {a.get(field), b.get(field)} <= plain
+        ):
+            continue
+        differ.append(field)
+    return differ
 
 
 def replace_modules(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]) -> int:
@@ -428,6 +581,23 @@ def fuse_model(model: LKDN) -> LKDN:
     replace_modules(fused, lambda m: m.fused_module() if hasattr(m, "fused_module") else None)
     fused.fused = True
     return fused
+
+
+def unfuse_model(model: LKDN, online_fusion: bool = True) -> LKDN:
+    """The training form of a fused `model`, computing exactly what it computes: each fused RBSB becomes an
+    RBSB with zero 1x1 depthwise branch (`RBSB.from_bsconv`), the upsampler a three-branch one whose only
+    non-zero branch is the fused 3x3 conv. Fine-tuning can so start from fused weights. A training-form model
+    is returned as a copy."""
+    training = copy.deepcopy(model)
+    if not model.fused:
+        return training
+    if model.shallow == "rbsb":
+        for block in training.blocks:
+            for name in ("c1_r", "c2_r", "c3_r"):
+                setattr(block, name, RBSB.from_bsconv(getattr(block, name), online_fusion))
+    training.upsampler = RepUpsampler.from_fused(training.upsampler, online_fusion)
+    training.fused = False
+    return training.set_online_fusion(online_fusion)
 
 
 def lkdn_s(scale: int = 4, fused: bool = False, **kwargs) -> LKDN:

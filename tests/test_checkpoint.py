@@ -56,25 +56,36 @@ def test_build_model_from_checkpoint_reads_the_configuration(tmp_path):
     assert (model.num_feat, model.num_blocks, model.scale, model.fused) == (56, 8, 3, True)
 
 
-def test_wrong_configuration_names_key_shapes_and_the_fitting_model(tmp_path):
+def test_wrong_configuration_names_both_networks_and_what_differs(tmp_path):
     torch.save({"params_ema": lkdn(fused=True).state_dict()}, tmp_path / "paper.pth")
     with pytest.raises(UserError) as err:
         load_checkpoint(tmp_path / "paper.pth", lkdn_s(fused=True))
     message = str(err.value)
-    assert "paper.pth" in message and "'fea_conv.pw.weight'" in message and "(56, 12, 1, 1)" in message
-    assert "has 56 channels and 8 blocks" in message and "this is LKDN, not LKDN-S" in message
+    assert "paper.pth: holds LKDN x4, fused form, not LKDN-S x4, fused form" in message
+    assert "num_feat 56 (wanted 42), num_blocks 8 (wanted 5)" in message and "\n" not in message
 
 
 def test_wrong_scale_is_reported(tmp_path):
     torch.save(lkdn_s(scale=2, fused=True).state_dict(), tmp_path / "x2.pth")
-    with pytest.raises(UserError, match=r"upsampler\.0\.weight.*x2.*not LKDN-S x4"):
+    with pytest.raises(UserError, match=r"x2\.pth: holds LKDN-S x2, .*not LKDN-S x4.*scale 2 \(wanted 4\)"):
         load_checkpoint(tmp_path / "x2.pth", lkdn_s(fused=True))
 
 
-def test_fused_checkpoint_cannot_load_into_training_form(tmp_path):
-    torch.save(lkdn_s(fused=True).state_dict(), tmp_path / "fused.pth")
-    with pytest.raises(UserError, match="fused.pth.*cannot be loaded into a training-form model"):
-        load_checkpoint(tmp_path / "fused.pth", lkdn_s())
+def test_a_fused_checkpoint_loads_into_the_training_form_computing_the_same(tmp_path):
+    """Fine-tuning can start from fused weights: the training form is re-created exactly (the zero 1x1
+    branches and upsampler branches aside), and fusing it again gives the file's weights."""
+    torch.manual_seed(0)
+    fused = lkdn_s(fused=True).eval()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save(fused.state_dict(), tmp_path / "fused.pth")
+    training = load_checkpoint(tmp_path / "fused.pth", lkdn_s()).eval()
+    x = torch.rand(1, 3, 13, 10, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(training.set_online_fusion(False)(x), fused(x), rtol=0, atol=1e-5)
+    for key, value in fuse_model(training).state_dict().items():
+        torch.testing.assert_close(value, fused.state_dict()[key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_truncated_file(tmp_path, trained_state):

@@ -106,11 +106,27 @@ def test_fast_equals_reference_authors_checkpoint_real_images(authors_fused, ben
     torch.testing.assert_close(fast_output(authors_fused, x, cpu_fusions), expected, atol=ATOL, rtol=0)
 
 
-def test_fast_rejects_what_it_does_not_implement():
-    with pytest.raises(ValueError, match="fused LKDN"):
+def test_fast_needs_the_fused_form():
+    with pytest.raises(ValueError, match="fused model"):
         FastLKDN(lkdn_s(fused=False))
-    with pytest.raises(ValueError, match="LKA"):
-        FastLKDN(LKDN(num_feat=8, num_blocks=1, attention="esa_cca", fused=True))
+
+
+@pytest.mark.parametrize("cpu_fusions", VARIANTS)
+@pytest.mark.parametrize(
+    "variant", [{"attention": "esa_cca"}, {"attention": "none"}, {"shallow": "bsconv_shortcut"}], ids=str
+)
+def test_fast_runs_every_variant_of_the_block(variant, cpu_fusions):
+    """The fast path's blocks are the network's own dataflow with other steps: each ablation runs and equals
+    the module form."""
+    torch.manual_seed(0)
+    model = LKDN(num_feat=12, num_blocks=2, fused=True, **variant).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 3, 17, 19, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        fast_output(model, x, cpu_fusions), reference_output(model, x), atol=ATOL, rtol=0
+    )
 
 
 def test_fast_copies_the_weights(random_lkdn_s):

@@ -26,12 +26,13 @@ def same_function(a: LKDN, b: LKDN) -> None:
         torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
 
 
-def test_entry_points_are_the_two_models_only():
+def test_entry_points_are_the_two_models_and_any_checkpoint():
     spec = importlib.util.spec_from_file_location("hubconf_under_test", ROOT / "hubconf.py")
     hub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hub)
     # what torch.hub.list reports: every public callable of hubconf.py
     assert sorted(n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")) == [
+        "from_checkpoint",
         "lkdn",
         "lkdn_s",
     ]
@@ -88,7 +89,7 @@ def test_lkdn_with_the_authors_weights(reference_dir, scale):
 def test_wrong_or_missing_weights_are_user_errors(reference_dir):
     with pytest.raises(UserError, match="bundles no weights.*weights="):
         hub_load("lkdn", pretrained=True)
-    with pytest.raises(UserError, match="LKDN_x4.pth: .*this is LKDN, not LKDN-S"):
+    with pytest.raises(UserError, match="LKDN_x4.pth: this is LKDN x4, not LKDN-S x4"):
         hub_load("lkdn_s", weights=reference_dir / "LKDN_x4.pth")
     with pytest.raises(UserError, match="bundled checkpoint is x4, not x2"):
         hub_load("lkdn_s", scale=2)

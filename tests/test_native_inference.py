@@ -135,9 +135,7 @@ def test_runner_choice_and_names(random_lkdn_s):
     with pytest.raises(ValueError, match="42 or 56 channels, not 10"):
         make_runner(small, "cpu", "native")
     runner = make_runner(small, "cpu")
-    assert (
-        runner.name == "fast (native unavailable: the native kernels are built for 42 or 56 channels, not 10)"
-    )
+    assert runner.name == "fast (native unavailable: the C++ kernels are built for 42 or 56 channels, not 10)"
     x = torch.rand(1, 3, 7, 9, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(runner(x), reference_output(small, x), atol=ATOL, rtol=0)
 

@@ -387,7 +387,7 @@ def test_wrong_configuration_init_checkpoint_is_a_user_error(tiny_data, tmp_path
             str(tmp_path / "other.pth"),
         ]
     )
-    assert result.returncode == 2 and "has 16 channels and 1 blocks" in result.stderr
+    assert result.returncode == 2 and "holds an LKDN with 16 channels and 1 blocks" in result.stderr
 
 
 def test_unwritable_run_folder_is_a_user_error(tiny_data, tmp_path):

@@ -150,21 +150,19 @@ class FastGradPointwiseConv2d(nn.Conv2d):
 
 
 class SharedInputLKDB(LKDB):
-    """An LKDB whose three distillation steps each run their two 1x1 convs of one input, the refine branch's
-    (fused online) and the distillation conv, as one `pointwise_convs` call: one backward pass over the input
-    instead of two, and no separate sum of their input gradients. The same function as LKDB.forward."""
+    """An LKDB whose distillation steps each run their two 1x1 convs of one input, the refine block's (its
+    fused weights, `bsconv_weights()`) and the distillation conv, as one `pointwise_convs` call: one backward
+    pass over the input instead of two, and no separate sum of their input gradients. LKDB.forward's dataflow,
+    with this one step computed differently; a multi-branch RBSB (online fusion off) runs as itself."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        steps = [(self.c1_r, self.c1_d), (self.c2_r, self.c2_d), (self.c3_r, self.c3_d)]
-        if not all(isinstance(refine, RBSB) and refine.online_fusion for refine, _ in steps):
-            return super().forward(x)
-        distilled, h = [], x
-        for refine, distill in steps:
-            pw, dw, bias = refine.fused_params()
-            before_dw, d = pointwise_convs(h, pw, None, distill.weight, distill.bias)
-            distilled.append(d)
-            h = self.act(depthwise_conv(before_dw, dw, bias, refine.dw.padding, refine.dw.dilation))
-        return self.merge([*distilled, self.c4(h)], x)
+    def distill_step(self, h: Tensor, distill: nn.Conv2d, refine: nn.Module) -> tuple[Tensor, Tensor]:
+        if isinstance(refine, RBSB) and not refine.online_fusion:
+            return super().distill_step(h, distill, refine)
+        weights = refine.bsconv_weights()
+        before_dw, d = pointwise_convs(h, weights.pw, None, distill.weight, distill.bias)
+        pad = weights.dw.shape[-1] // 2
+        r = depthwise_conv(before_dw, weights.dw, weights.bias, (pad, pad), (1, 1))
+        return d, self.act(r + h if weights.shortcut else r)
 
     @classmethod
     def adopting(cls, block: LKDB) -> SharedInputLKDB:

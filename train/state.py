@@ -3,10 +3,11 @@
 Layout of a run folder (BasicSR's conventions, which users know):
     config.yml                     the resolved configuration
     train.log                      the plain-text log
-    models/net_<iter>.pth          {'params', 'params_ema'}: the authors' checkpoint format
+    models/net_<iter>.pth          {'params', 'params_ema'}: the authors' checkpoint format, plus `lkdn_config`
     models/best.pth, last.pth      the best (validation PSNR of the EMA weights) and the last weights
-    models/fused.pth, .safetensors the fused inference form of the EMA weights (a plain state dict)
+    models/fused.pth, .safetensors the fused inference form of the EMA weights
     training_states/<iter>.state   optimizer, scheduler, EMA-free training state, RNG states, config
+Every weights file and state declares the network it holds (`lkdn_config`, utils.files.checkpoint).
 Every file is written to a temporary name and renamed, so a kill leaves either the old file or the new one.
 A state is only ever written after the weights of the same iteration, so the newest state always has weights.
 """
@@ -72,10 +73,12 @@ def latest_resumable(run_dir: Path) -> int | None:
 
 
 def save_iteration(run_dir: Path, iteration: int, weights: dict, state: dict, keep_last: int) -> None:
-    """Weights, then state (so the newest state always has its weights), then drop all but the last K."""
-    save_atomic(weights, weights_path(run_dir, iteration))
+    """Weights, then state (so the newest state always has its weights), then drop all but the last K. The
+    weights declare the network `state['lkdn_config']` describes."""
+    config = state["lkdn_config"]
+    save_weights(weights, weights_path(run_dir, iteration), config)
     save_atomic(state, state_path(run_dir, iteration))
-    save_atomic(weights, run_dir / "models" / "last.pth")
+    save_weights(weights, run_dir / "models" / "last.pth", config)
     for old in _iterations(run_dir / "training_states")[:-keep_last]:
         state_path(run_dir, old).unlink(missing_ok=True)
     for old in _iterations(run_dir / "models")[:-keep_last]:
@@ -112,7 +115,7 @@ def _load(path: Path) -> dict:
 
 
 def export_fused(model: LKDN, run_dir: Path) -> list[Path]:
-    """The fused inference form of `model` as the plain state dicts model_zoo/ and test_demo.py use:
-    models/fused.pth and models/fused.safetensors."""
-    state = fuse_model(model).state_dict()
-    return [save_weights(state, run_dir / "models" / f"fused{suffix}") for suffix in (".pth", ".safetensors")]
+    """The fused inference form of `model`, in the format of model_zoo/: models/fused.pth and
+    models/fused.safetensors, each declaring the network."""
+    fused = fuse_model(model)
+    return [save_weights(fused, run_dir / "models" / f"fused{suffix}") for suffix in (".pth", ".safetensors")]

@@ -39,8 +39,8 @@ from train.nhwc_gelu import use_nhwc_gelu
 from train.optim import build_loss, build_optimizer, build_scheduler
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.files.atomic_write import save_atomic, write_text_atomic
-from utils.files.checkpoint import load_checkpoint, load_state
+from utils.files.atomic_write import write_text_atomic
+from utils.files.checkpoint import load_checkpoint, load_state, save_weights
 from utils.files.image_io import to_tensor, to_uint8
 from utils.files.yaml_file import yaml_text
 from utils.measure.metrics import psnr_y
@@ -270,6 +270,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": run_state.rng_states(),
             "config": self.config.to_dict(),
+            "lkdn_config": self.model.config(),
         }
         run_state.save_iteration(self.run_dir, iteration, self._weights(), state, self.config.keep_last)
         log.info("saved iteration %d", iteration)
@@ -339,7 +340,7 @@ class Trainer:
         text = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
         if mean > self.best:
             self.best = mean
-            save_atomic(self._weights(), self.run_dir / "models" / "best.pth")
+            save_weights(self._weights(), self.run_dir / "models" / "best.pth", self.model.config())
             text += " (best)"
         log.info("validation at %d, PSNR_Y of the EMA weights: %s", iteration, text)
         try:  # the picture of the run so far; a failure to draw it must not end the run

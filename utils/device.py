@@ -1,10 +1,13 @@
-"""`--device auto|cpu|cuda[:N]` for every entry point, and float32's meaning on a CUDA GPU."""
+"""`--device auto|cpu|cuda[:N]` for every entry point, float32's meaning on a CUDA GPU, and the CPU's name
+(every CPU speed figure is printed beside it: speeds differ between CPU families)."""
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -43,3 +46,25 @@ def cuda_float32(tf32: bool) -> Iterator[None]:
             yield
         finally:
             cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def vector_isa() -> str:
+    """The widest x86 vector extension the CPU has: 'AVX-512', 'AVX2' or 'no AVX2' (Linux; '?' elsewhere)."""
+    info = _cpuinfo()
+    if not info:
+        return "?"
+    flags = next((line for line in info if line.startswith("flags")), "") + " "
+    return "AVX-512" if " avx512f " in flags else "AVX2" if " avx2 " in flags else "no AVX2"
+
+
+def cpu_description() -> str:
+    """'Intel(R) Xeon(R) Processor (x86_64, AVX-512)': the CPU model, architecture and vector width."""
+    name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    return f"{name or platform.processor() or '?'} ({platform.machine()}, {vector_isa()})"

@@ -3,7 +3,7 @@
     python -m utils.files.convert --model_path CKPT -o weights.safetensors [--fused]     (or: lkdn-convert)
 
 Reads anything the loader reads (plain or BasicSR-style, training or fused form; the EMA weights when both are
-there) and writes the plain state dict the output's suffix names, atomically. `--fused` writes the inference
+there) and writes the plain state dict the output's suffix names, atomically, with the network's identity declared. `--fused` writes the inference
 form (a training-form checkpoint is fused first). The written file is read back and compared.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from models import BUNDLED_CHECKPOINT
 from utils.errors import UserError, run_cli
-from utils.files.checkpoint import build_model_from_checkpoint, read_state_dict, save_weights
+from utils.files.checkpoint import build_model_from_checkpoint, identify, read_checkpoint, save_weights
 
 SUFFIXES = (".pth", ".safetensors")
 
@@ -25,10 +25,16 @@ def convert(source: Path, output: Path, fused: bool = False) -> Path:
     """Write `source`'s weights to `output` (format by suffix), fused first if asked; verified by reading back."""
     if output.suffix not in SUFFIXES:
         raise UserError(f"{output}: the output should end in .safetensors or .pth")
-    state = build_model_from_checkpoint(source, fused=True).state_dict() if fused else read_state_dict(source)
-    save_weights(state, output)
-    back = read_state_dict(output)
-    if back.keys() != state.keys() or not all(torch.equal(back[k], state[k]) for k in state):
+    if fused:
+        model = build_model_from_checkpoint(source, fused=True)
+        state, config = model.state_dict(), model.config()
+    else:  # the tensors as they are, with the identity they are checked to hold
+        checkpoint = read_checkpoint(source)
+        state, config = checkpoint.state, identify(checkpoint)
+    save_weights(state, output, config)
+    back = read_checkpoint(output)
+    same = back.state.keys() == state.keys() and all(torch.equal(back.state[k], state[k]) for k in state)
+    if not same or back.config != config:
         raise UserError(f"{output}: read back different from what was written; check the disk")
     return output
 

@@ -10,9 +10,14 @@
   shape and replayed; CUDA only, float32 (fp32 or tf32).
 - `onnxruntime`: the exported ONNX graph (utils.runtime.onnx_export), exported and verified on first use, or an
   existing .onnx file (`onnx_path`); float32 only.
-- `auto`: on a CPU `native` (float32, where the kernels build and fit the model), else `fast`; `reference`
-  elsewhere, so a GPU never gets a path that was only measured on a CPU. When `native` cannot run, the
-  runner's name says why.
+- `auto`: the first backend of AUTO_ORDER that serves the model and builds here: on a CPU `native` (float32,
+  LKA and no shortcut, 42 or 56 channels, where the kernels build), else `fast` (every variant); `reference`
+  elsewhere, so a GPU never gets a path that was only measured on a CPU. The runner's name says why the
+  first choice did not run.
+
+Every backend says what it serves (`backend_support`); an explicit backend that cannot serve the model is a
+ValueError naming the reason. Every runner checks its input's size (`LKDN.min_input_size`) and its output
+(`check_output`: finite, within +-1e4) before anything can clamp, write or score it.
 
 Precision: `fp32` is true float32 on every device (on a CUDA GPU the runner turns TensorFloat-32 off for its
 calls, so "exact" means exact there too); `tf32` (CUDA only) lets cuDNN's convolutions and cuBLAS's products round
@@ -82,32 +87,129 @@ class OnnxRunner:
         return torch.from_numpy(y).to(self.device)
 
 
+class OutputError(ValueError):
+    """A network's output that no image is: NaN, Inf, or values far outside [0, 1] (damaged or diverged
+    weights). Raised before the output can be clamped, written or scored."""
+
+
+class InputTooSmall(ValueError):
+    """An input smaller than the network takes (the ESA attention's pooling needs 15 LR pixels a side)."""
+
+
+PLAUSIBLE_OUTPUT = 1e4  # |value| of an output pixel beyond which no weights worth running produced it
+
+
+def check_output(sr: Tensor) -> Tensor:
+    """`sr` itself, if every value is finite and within +-PLAUSIBLE_OUTPUT; else OutputError."""
+    if sr.numel() == 0:
+        return sr
+    peak = sr.detach().abs().amax()
+    if not peak <= PLAUSIBLE_OUTPUT:  # one reduction; NaN fails the comparison too
+        if not torch.isfinite(peak):
+            raise OutputError("the network's output holds NaN or Inf values")
+        raise OutputError(f"the network's output reaches {float(peak):.3g}, far outside an image's [0, 1]")
+    return sr
+
+
+@dataclass
+class CheckedRunner:
+    """A backend's runner whose inputs are checked against the network's minimum size and whose outputs go
+    through `check_output`: what `make_runner` returns. `raw` is the backend's runner alone (what a benchmark
+    times, as the NTIRE kit times the network alone)."""
+
+    raw: Runner
+    min_size: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.raw.name
+
+    def check_input(self, lr: Tensor) -> None:
+        height, width = lr.shape[-2:]
+        if min(height, width) < self.min_size:
+            raise InputTooSmall(
+                f"an input of {width}x{height} pixels; this network's attention (ESA) needs at least "
+                f"{self.min_size}x{self.min_size}"
+            )
+
+    def __call__(self, lr: Tensor) -> Tensor:
+        self.check_input(lr)
+        return check_output(self.raw(lr))
+
+
 def default_precision(device: torch.device | str) -> str:
     """PyTorch's own default arithmetic on `device`: TF32 convolutions on a CUDA GPU, float32 elsewhere."""
     return "tf32" if torch.device(device).type == "cuda" else "fp32"
 
 
+# What `auto` tries on a device, fastest first (benchmarks/bench_inference.py on CPUs; on CUDA the module form
+# until a measured run shows another path faster and exact, benchmarks/gpu_check.py).
+AUTO_ORDER = {"cpu": ("native", "fast", "reference"), "cuda": ("reference",)}
+
+
 def default_backend(device: torch.device | str) -> str:
-    """What `auto` starts from: the native kernels on a CPU (`fast` if they cannot run), else the module form."""
-    return "native" if torch.device(device).type == "cpu" else "reference"
+    """What `auto` starts from on `device`."""
+    return AUTO_ORDER.get(torch.device(device).type, ("reference",))[0]
 
 
-def _native_runner(model: LKDN, device: torch.device, fallback: bool) -> ModuleRunner:
-    """The native kernels, or (with `fallback`) the fast path named with the reason native did not run."""
-    from utils.runtime.fast import FastLKDN
-    from utils.runtime.native import KernelUnavailable, NativeLKDN
+def _reason(backend: str, model: LKDN, device: torch.device, precision: str) -> str | None:
+    """Why `backend` cannot run `model` on `device` in `precision`, or None (whether native's kernels build
+    here is found out when it is built)."""
+    from utils.runtime import fast, native
 
-    reason = None
-    if device.type != "cpu":
-        reason = "the native kernels run on a CPU only"
-    else:
-        try:
-            return ModuleRunner(NativeLKDN(model).eval(), "native")
-        except (KernelUnavailable, ValueError) as err:
-            reason = str(err)
-    if not fallback:
-        raise ValueError(f"backend 'native': {reason}")
-    return ModuleRunner(FastLKDN(model).to(device).eval(), f"fast (native unavailable: {reason})")
+    if backend == "fast":
+        return fast.supports(model)
+    if backend == "native":
+        if device.type != "cpu":
+            return "the native kernels run on a CPU only"
+        if precision != "fp32":
+            return "the native kernels run float32 only; use precision fp32"
+        return native.supports(model)
+    if backend == "cuda_graph" and (device.type != "cuda" or precision not in ("fp32", "tf32")):
+        return "the cuda_graph backend runs float32 (fp32 or tf32) on a CUDA GPU only"
+    if backend == "onnxruntime" and precision != "fp32":
+        return "the onnxruntime backend runs float32 only (on the host); use precision fp32"
+    return None
+
+
+def backend_support(
+    model: LKDN, device: torch.device | str = "cpu", precision: str = "fp32"
+) -> dict[str, str | None]:
+    """Every backend, with None where it serves `model` on `device` in `precision`, else the reason it does
+    not (for `native`: whether its kernels build here, too)."""
+    from utils.runtime.native import native_available
+
+    device = torch.device(device)
+    support = {name: _reason(name, model, device, precision) for name in BACKENDS if name != "auto"}
+    if support["native"] is None:
+        support["native"] = native_available()
+    return support
+
+
+def _build(backend: str, model: LKDN, device: torch.device, precision: str, onnx_path) -> Runner:
+    """The runner of a backend that serves the model (see _reason); KernelUnavailable if native cannot build."""
+    dtype = _DTYPES[precision]
+    suffix = "" if precision == "fp32" else f"+{precision}"
+    if backend == "onnxruntime":
+        return _onnx_runner(model, device, onnx_path)
+    if backend == "native":
+        from utils.runtime.native import NativeLKDN
+
+        return ModuleRunner(NativeLKDN(model).eval(), "native")
+    if backend == "cuda_graph":
+        from utils.runtime.cuda_graph import CudaGraphRunner
+
+        return CudaGraphRunner(model.to(device).eval(), precision == "tf32", "cuda_graph" + suffix)
+    if backend == "fast":
+        from utils.runtime.fast import FastLKDN
+
+        return ModuleRunner(
+            FastLKDN(model).to(device, dtype).eval(), "fast" + suffix, dtype, precision == "tf32"
+        )
+    module = (
+        model.to(device).eval() if dtype == torch.float32 else copy.deepcopy(model).to(device, dtype).eval()
+    )
+    return ModuleRunner(module, "reference" + suffix, dtype, precision == "tf32")
 
 
 def _onnx_runner(model: LKDN, device: torch.device, onnx_path: str | Path | None) -> OnnxRunner:
@@ -130,14 +232,18 @@ def make_runner(
     backend: str = "auto",
     precision: str = "fp32",
     onnx_path: str | Path | None = None,
-) -> Runner:
-    """A callable running the fused `model` on `device` with `backend` ("auto" picks the fastest exact one) in
-    `precision` ("auto": `default_precision`, what PyTorch does unasked on that device).
+) -> CheckedRunner:
+    """A callable running the fused `model` on `device` with `backend` in `precision` ("auto": what PyTorch
+    does unasked on that device, `default_precision`).
 
-    The reference and cuda_graph backends move `model` itself to `device`; the others leave it where it is. Raises
-    ValueError for an unknown backend or precision, and for an `onnx_path` that does not load or is not
-    this model (its output is checked on one small input).
+    `auto` takes the first backend of AUTO_ORDER that serves the model and builds here, and its name gives the
+    reason the first one did not (`fast (native unavailable: ...)`). An explicit backend that cannot serve the
+    model is a ValueError saying why. The reference and cuda_graph backends move `model` itself to `device`;
+    the others leave it where it is. Also a ValueError: an unknown backend or precision, an `onnx_path` that
+    does not load or is not this model (its output is checked on one small input).
     """
+    from utils.native.build import KernelUnavailable
+
     if not model.fused:
         raise ValueError("make_runner expects the fused model (models.fuse_model)")
     if backend not in BACKENDS:
@@ -149,34 +255,36 @@ def make_runner(
         raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
     if precision == "tf32" and device.type != "cuda":
         raise ValueError("precision 'tf32' is a mode of NVIDIA GPUs' tensor cores; on a CPU use fp32")
-    chosen = default_backend(device) if backend == "auto" else backend
-    if chosen == "native" and backend == "auto" and precision != "fp32":
-        chosen = "fast"  # native is float32 only
-    dtype = _DTYPES[precision]
-    suffix = "" if precision == "fp32" else f"+{precision}"
-    if chosen == "onnxruntime":
-        if precision != "fp32":
-            raise ValueError("the onnxruntime backend runs float32 only (on the host); use precision='fp32'")
-        return _onnx_runner(model, device, onnx_path)
-    if onnx_path is not None:
+    if onnx_path is not None and backend != "onnxruntime":
         raise ValueError("onnx_path is for the onnxruntime backend")
-    if chosen == "native":
-        if precision != "fp32":
-            raise ValueError("the native backend runs float32 only; use precision='fp32'")
-        return _native_runner(model, device, fallback=backend == "auto")
-    if chosen == "cuda_graph":
-        from utils.runtime.cuda_graph import CudaGraphRunner
+    if backend != "auto":
+        reason = _reason(backend, model, device, precision)
+        if reason is not None:
+            raise ValueError(f"backend {backend!r}: {reason}")
+        try:
+            return CheckedRunner(_build(backend, model, device, precision, onnx_path), model.min_input_size())
+        except KernelUnavailable as err:
+            raise ValueError(f"backend {backend!r}: {err}") from None
+    skipped = []
+    for name in AUTO_ORDER.get(device.type, ("reference",)):
+        reason = _reason(name, model, device, precision)
+        if reason is None:
+            try:
+                runner = _build(name, model, device, precision, None)
+            except KernelUnavailable as err:
+                reason = str(err)
+            else:
+                if skipped:
+                    runner.name = f"{runner.name} ({skipped[0]})"
+                return CheckedRunner(runner, model.min_input_size())
+        if precision == "fp32" or name != "native":  # that native is float32 only needs no saying
+            skipped.append(f"{name} unavailable: {reason}")
+    raise AssertionError("unreachable: the reference backend serves every fused model")
 
-        if device.type != "cuda" or dtype != torch.float32:
-            raise ValueError("the cuda_graph backend runs float32 (fp32 or tf32) on a CUDA GPU only")
-        return CudaGraphRunner(model.to(device).eval(), precision == "tf32", "cuda_graph" + suffix)
-    if chosen == "fast":
-        from utils.runtime.fast import FastLKDN
 
-        return ModuleRunner(
-            FastLKDN(model).to(device, dtype).eval(), "fast" + suffix, dtype, precision == "tf32"
-        )
-    module = (
-        model.to(device).eval() if dtype == torch.float32 else copy.deepcopy(model).to(device, dtype).eval()
-    )
-    return ModuleRunner(module, "reference" + suffix, dtype, precision == "tf32")
+def probe_runner(runner: Runner, device: torch.device | str, channels: int = 3) -> None:
+    """Run `runner` once on a small seeded input, so that weights whose output is no image (OutputError) are
+    refused before any real input is read or any output written."""
+    side = max(16, getattr(runner, "min_size", 1))
+    x = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0))
+    runner(x.to(device))

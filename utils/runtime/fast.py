@@ -12,15 +12,20 @@ into the layout this path wants and computes the same network (max abs differenc
 - the per-pixel channel LayerNorm runs on NHWC rows, without the two transposing copies;
 - on a CPU, oneDNN's fused post-ops (bias + GELU after a 1x1 or depthwise conv, the attention product
   after the dilated conv) save a pass each; elsewhere the same steps run as plain ops.
+
+The blocks are `FastLKDB`s: the network's own LKDB dataflow (models/), with each step computed as above, so
+every variant of the block (attention, shortcut) runs here without a second description of it.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import LKDN
+from models import LKDB, LKDN
 
 
 def _cpu_fusions_available() -> bool:
@@ -43,9 +48,14 @@ def _copy(t: Tensor) -> Tensor:
     return t.detach().clone().contiguous()
 
 
+def conv_matrix(weight: Tensor) -> Tensor:
+    """A 1x1 conv's (out, in, 1, 1) weight as an (out, in) matrix (a view)."""
+    return weight[:, :, 0, 0]
+
+
 def _pointwise(conv: nn.Conv2d) -> Tensor:
-    """A 1x1 conv's weight as an (out, in) matrix."""
-    return _copy(conv.weight[:, :, 0, 0])
+    """A 1x1 conv's weight as an (out, in) matrix, copied."""
+    return _copy(conv_matrix(conv.weight))
 
 
 class _Ops:
@@ -104,78 +114,79 @@ class _Ops:
         return y.permute(0, 2, 3, 1).contiguous()
 
 
-class _FastBlock(nn.Module):
-    """One LKDB's weights, laid out for the fast path."""
+class FastLKDB(LKDB):
+    """An LKDB on NHWC tensors: LKDB.forward's dataflow (written once, in models/), each step computed with
+    `_Ops` from the block's own fused weights. Built by `adopting` a fused block's submodules (shared, not
+    copied). Attention other than LKA runs its module on the NCHW view; a shortcut refine block adds its input
+    before GELU."""
 
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        steps = ((block.c1_d, block.c1_r), (block.c2_d, block.c2_r), (block.c3_d, block.c3_r))
-        for i, (distill, refine) in enumerate(steps, 1):
-            self.register_buffer(f"d{i}_w", _pointwise(distill))
-            self.register_buffer(f"d{i}_b", _copy(distill.bias))
-            self.register_buffer(f"r{i}_w", _pointwise(refine.pw))
-            self.register_buffer(f"r{i}_dw", _copy(refine.dw.weight))
-            self.register_buffer(f"r{i}_db", _copy(refine.dw.bias))
-        self.register_buffer("c4_w", _pointwise(block.c4.pw))
-        self.register_buffer("c4_dw", _copy(block.c4.dw.weight))
-        self.register_buffer("c4_db", _copy(block.c4.dw.bias))
-        c5 = _pointwise(block.c5)
-        self.split = [c5.shape[1] // 4] * 4  # input slices of c5: the three distilled features and r4
-        self.register_buffer("c5_w", c5)
-        self.register_buffer("c5_b", _copy(block.c5.bias))
-        lka = block.atten
-        self.register_buffer("lka_w", _pointwise(lka.pointwise))
-        self.register_buffer("lka_b", _copy(lka.pointwise.bias))
-        self.register_buffer("lka_dw", _copy(lka.depthwise.weight))
-        self.register_buffer("lka_db", _copy(lka.depthwise.bias))
-        self.register_buffer("lka_ddw", _copy(lka.depthwise_dilated.weight))
-        self.register_buffer("lka_ddb", _copy(lka.depthwise_dilated.bias))
-        self.dilation = lka.depthwise_dilated.dilation[0]
-        self.register_buffer("c6_w", _pointwise(block.c6))
-        self.register_buffer("c6_b", _copy(block.c6.bias))
-        self.register_buffer("ln_w", _copy(block.pixel_norm.weight))
-        self.register_buffer("ln_b", _copy(block.pixel_norm.bias))
-        self.eps = block.pixel_norm.eps
+    ops = _Ops(False)  # set by FastLKDN.forward for the call's device and dtype
 
-    def forward(self, x: Tensor, ops: _Ops) -> Tensor:
-        c5 = self.c5_w.split(self.split, dim=1)
-        u, r = None, x
-        for i in (1, 2, 3):
-            d = ops.linear(r, getattr(self, f"d{i}_w"), getattr(self, f"d{i}_b"), gelu=True)
-            u = ops.accumulate(u, d, c5[i - 1])
-            r = ops.depthwise(
-                ops.linear(r, getattr(self, f"r{i}_w")),
-                getattr(self, f"r{i}_dw"),
-                getattr(self, f"r{i}_db"),
-                gelu=True,
-            )
-        r4 = ops.depthwise(ops.linear(r, self.c4_w), self.c4_dw, self.c4_db, gelu=True)
-        u = ops.accumulate(u, r4, c5[3]).add_(self.c5_b)
-        a = ops.depthwise(ops.linear(u, self.lka_w, self.lka_b), self.lka_dw, self.lka_db)
-        attended = ops.depthwise(a, self.lka_ddw, self.lka_ddb, self.dilation, times=u)
-        y = ops.linear(attended, self.c6_w, self.c6_b)
-        return F.layer_norm(y, y.shape[-1:], self.ln_w, self.ln_b, self.eps).add_(x)
+    @classmethod
+    def adopting(cls, block: LKDB) -> FastLKDB:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for name, child in block.named_children():
+            setattr(new, name, child)
+        return new.eval()
+
+    def distill_step(self, h: Tensor, distill: nn.Module, refine: nn.Module) -> tuple[Tensor, Tensor]:
+        d = self.ops.linear(h, conv_matrix(distill.weight), distill.bias, gelu=True)
+        w = refine.bsconv_weights()
+        pre = self.ops.linear(h, conv_matrix(w.pw))
+        if w.shortcut:
+            return d, F.gelu(self.ops.depthwise(pre, w.dw, w.bias).add_(h))
+        return d, self.ops.depthwise(pre, w.dw, w.bias, gelu=True)
+
+    def last_step(self, h: Tensor) -> Tensor:
+        w = self.c4.bsconv_weights()
+        return self.ops.depthwise(self.ops.linear(h, conv_matrix(w.pw)), w.dw, w.bias, gelu=True)
+
+    def fuse_distilled(self, distilled: list[Tensor]) -> Tensor:
+        """c5 as a sum of partial products over the (already activated) distilled parts: no concatenation."""
+        weight, u = conv_matrix(self.c5.weight), None
+        parts = weight.split([d.shape[-1] for d in distilled], dim=1)
+        for d, part in zip(distilled, parts, strict=True):
+            u = self.ops.accumulate(u, d, part)
+        return u.add_(self.c5.bias)
+
+    def attend(self, u: Tensor) -> Tensor:
+        atten = self.atten
+        if isinstance(atten, nn.Identity):
+            return u
+        if not hasattr(atten, "depthwise_dilated"):  # ESA + CCA: the module itself, on the NCHW view
+            return atten(u.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
+        a = self.ops.linear(u, conv_matrix(atten.pointwise.weight), atten.pointwise.bias)
+        a = self.ops.depthwise(a, atten.depthwise.weight, atten.depthwise.bias)
+        dilated = atten.depthwise_dilated
+        return self.ops.depthwise(a, dilated.weight, dilated.bias, dilated.dilation[0], times=u)
+
+    def finish(self, attended: Tensor, x: Tensor) -> Tensor:
+        y = self.ops.linear(attended, conv_matrix(self.c6.weight), self.c6.bias)
+        norm = self.pixel_norm
+        return F.layer_norm(y, y.shape[-1:], norm.weight, norm.bias, norm.eps).add_(x)
 
 
 class FastLKDN(nn.Module):
-    """The fused LKDN's function in a faster form, for inference (no autograd through the oneDNN ops).
-    Weights are buffers copied from `model` at construction (later changes to `model` are not seen);
-    `.to(device, dtype)` moves them.
+    """The fused LKDN's function in a faster form, for inference (no autograd through the oneDNN ops); every
+    variant of the network (`supports`). Weights are copied from `model` at construction (later changes to
+    `model` are not seen); `.to(device, dtype)` moves them.
 
     `cpu_fusions` (default: when oneDNN's fused ops exist) applies only to float32 tensors on a CPU.
     """
 
     def __init__(self, model: LKDN, cpu_fusions: bool | None = None) -> None:
         super().__init__()
-        if not model.fused or model.attention != "lka" or model.shallow not in ("rbsb", "bsconv"):
-            raise ValueError("FastLKDN needs a fused LKDN with LKA attention and plain BSConv shallow blocks")
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(f"FastLKDN: {reason}")
         self.scale = model.scale
         self.cpu_fusions = CPU_FUSIONS if cpu_fusions is None else cpu_fusions and CPU_FUSIONS
         with torch.no_grad():
             first = model.folded_first_conv()  # the 4x repetition and fea_conv as one 3x3 conv
             self.register_buffer("fea_w", first.weight.contiguous(memory_format=torch.channels_last))
             self.register_buffer("fea_b", first.bias)
-            self.blocks = nn.ModuleList(_FastBlock(block) for block in model.blocks)
+            self.blocks = nn.ModuleList(FastLKDB.adopting(copy.deepcopy(block)) for block in model.blocks)
             c1 = _pointwise(model.c1)
             self.register_buffer("c1_w", c1)
             self.register_buffer("c1_b", _copy(model.c1.bias))
@@ -200,7 +211,8 @@ class FastLKDN(nn.Module):
         c1 = self.c1_w.split(feat.shape[-1], dim=1)
         trunk, hidden = None, feat
         for block, c1_part in zip(self.blocks, c1, strict=True):
-            hidden = block(hidden, ops)
+            block.ops = ops
+            hidden = block(hidden)
             trunk = ops.accumulate(trunk, hidden, c1_part)
         trunk = F.gelu(trunk.add_(self.c1_b))
         trunk = ops.depthwise(ops.linear(trunk, self.c2_w), self.c2_dw, self.c2_db).add_(feat)
@@ -208,3 +220,8 @@ class FastLKDN(nn.Module):
         s = self.scale
         y = y.permute(0, 2, 3, 1).reshape(n, h, w, -1, s, s)  # pixel shuffle from NHWC: one copy
         return y.permute(0, 3, 1, 4, 2, 5).reshape(n, -1, h * s, w * s)
+
+
+def supports(model: LKDN) -> str | None:
+    """None when the fast path runs `model`, else why not: any fused LKDN, of every variant."""
+    return None if model.fused else "needs the fused model (models.fuse_model)"

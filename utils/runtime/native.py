@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models import LKDN
+from models import LKDB, LKDN
 from utils.native.build import KernelUnavailable, NativeLibrary
-from utils.runtime.fast import FastLKDN
+from utils.runtime.fast import FastLKDN, conv_matrix
 
 SOURCE = Path(__file__).with_name("kernels") / "lkdn_cpu.cpp"
 
@@ -77,26 +77,63 @@ def _depthwise_weights(weight: Tensor, bias: Tensor, width: int) -> list[Tensor]
     return [F.pad(taps, (0, width - taps.shape[1])), F.pad(bias, (0, width - bias.shape[0]))]
 
 
-def pack_block(block: torch.nn.Module) -> Tensor:
-    """One FastLKDN block's weights in the order and padding of lkdn_cpu.cpp's `Params`."""
-    c = block.c6_w.shape[0]
+KERNEL_WIDTHS = (42, 56)  # the channel counts lkdn_cpu.cpp is instantiated for (LKDN-S, LKDN)
+
+
+def _block_reason(block: LKDB) -> str | None:
+    """Why the kernels cannot run this block, read off the block's own description (its steps' bsconv_weights
+    and its attention), or None."""
+    if not hasattr(block.atten, "depthwise_dilated"):
+        kind = {"ESACCA": "esa_cca", "Identity": "none"}.get(type(block.atten).__name__, "another")
+        return f"the C++ kernels compute LKA attention only (this model: {kind})"
+    lka = block.atten
+    if lka.depthwise.kernel_size != (5, 5) or lka.depthwise_dilated.kernel_size != (5, 5):
+        return "the C++ kernels compute LKA with 5x5 depthwise convs only"
+    if lka.depthwise_dilated.dilation != (3, 3):
+        return "the C++ kernels compute LKA with dilation 3 only"
+    if any(refine.bsconv_weights().shortcut for _, refine in block.steps()):
+        return "the C++ kernels compute refine blocks without a shortcut only (this model: bsconv_shortcut)"
+    return None
+
+
+def supports(model: LKDN) -> str | None:
+    """None when the native kernels are written for `model` (whether they build here is `native_available`),
+    else why not."""
+    if not model.fused:
+        return "needs the fused model (models.fuse_model)"
+    if model.num_feat not in KERNEL_WIDTHS:
+        return f"the C++ kernels are built for 42 or 56 channels, not {model.num_feat}"
+    if (model.scale, model.in_ch, model.out_ch) != (4, 3, 3):
+        return f"the C++ kernels are written for x4 RGB, not x{model.scale} with {model.in_ch} channels"
+    return next(filter(None, (_block_reason(block) for block in model.blocks)), None)
+
+
+def pack_block(block: LKDB) -> Tensor:
+    """One fused LKDB's weights in the order and padding of lkdn_cpu.cpp's `Params`, read off the block's
+    description: its distillation steps (distillation conv, refine block's bsconv_weights), c4, c5, LKA, c6
+    and the LayerNorm."""
+    c = block.c6.weight.shape[0]
     d = c // 2
     cp, g1p, dp = _round_up(c), _round_up(c + d), _round_up(d)
     parts: list[Tensor] = []
-    for i in (1, 2, 3):
+    for distill, refine in block.steps():
         # refine's pointwise (no bias) in lanes [0, c), the distillation conv in [c, c + d)
-        weight = torch.cat([getattr(block, f"r{i}_w"), getattr(block, f"d{i}_w")])
-        bias = torch.cat([torch.zeros(c), getattr(block, f"d{i}_b")])
+        w = refine.bsconv_weights()
+        weight = torch.cat([conv_matrix(w.pw), conv_matrix(distill.weight)])
+        bias = torch.cat([torch.zeros(c), distill.bias])
         parts += _matmul_weights(weight, bias, g1p)
-        parts += _depthwise_weights(getattr(block, f"r{i}_dw"), getattr(block, f"r{i}_db"), cp)
-    parts += _matmul_weights(block.c4_w, None, dp)[:1]
-    parts += _depthwise_weights(block.c4_dw, block.c4_db, dp)
-    parts += _matmul_weights(block.c5_w, block.c5_b, cp)
-    parts += _matmul_weights(block.lka_w, block.lka_b, cp)
-    parts += _depthwise_weights(block.lka_dw, block.lka_db, cp)
-    parts += _depthwise_weights(block.lka_ddw, block.lka_ddb, cp)
-    parts += _matmul_weights(block.c6_w, block.c6_b, cp)
-    parts += [F.pad(block.ln_w, (0, cp - c)), F.pad(block.ln_b, (0, cp - c))]
+        parts += _depthwise_weights(w.dw, w.bias, cp)
+    c4 = block.c4.bsconv_weights()
+    parts += _matmul_weights(conv_matrix(c4.pw), None, dp)[:1]
+    parts += _depthwise_weights(c4.dw, c4.bias, dp)
+    parts += _matmul_weights(conv_matrix(block.c5.weight), block.c5.bias, cp)
+    lka = block.atten
+    parts += _matmul_weights(conv_matrix(lka.pointwise.weight), lka.pointwise.bias, cp)
+    parts += _depthwise_weights(lka.depthwise.weight, lka.depthwise.bias, cp)
+    parts += _depthwise_weights(lka.depthwise_dilated.weight, lka.depthwise_dilated.bias, cp)
+    parts += _matmul_weights(conv_matrix(block.c6.weight), block.c6.bias, cp)
+    norm = block.pixel_norm
+    parts += [F.pad(norm.weight, (0, cp - c)), F.pad(norm.bias, (0, cp - c))]
     return _concat(parts, load_kernel().lkdb_params_size(c), f"a {c}-channel block")
 
 
@@ -195,20 +232,19 @@ class NativeLKDN(FastLKDN):
     WORKSPACE_BYTES = 1 << 30
 
     def __init__(self, model: LKDN) -> None:
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(reason)
         super().__init__(model)
         reason = native_available()
         if reason is not None:
             raise KernelUnavailable(reason)
-        if load_kernel().lkdb_params_size(model.num_feat) == 0:
-            raise ValueError(f"the native kernels are built for 42 or 56 channels, not {model.num_feat}")
-        if any(block.dilation != 3 for block in self.blocks) or self.up_w.shape[0] != 48:
-            raise ValueError("the native kernels are written for LKA dilation 3 and x4 RGB output")
         with torch.no_grad():
             for i, block in enumerate(self.blocks):
                 self.register_buffer(f"packed{i}", pack_block(block))
             self.register_buffer("packed_tail", pack_tail(self))
             self.register_buffer("packed_features", pack_features(self))
-        self._eps = (ctypes.c_float * len(self.blocks))(*(block.eps for block in self.blocks))
+        self._eps = (ctypes.c_float * len(self.blocks))(*(block.pixel_norm.eps for block in self.blocks))
         self._workspace: dict[int, Tensor] = {}  # thread id -> flat float32 buffer
 
     def release_workspace(self) -> None:

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from models import BUNDLED_CHECKPOINT, LKDN
 from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_bytes_atomic
-from utils.files.checkpoint import build_model_from_checkpoint
+from utils.files.checkpoint import CONFIG_KEY, build_model_from_checkpoint
 
 OPSET = 18
 INPUT, OUTPUT = "lr", "sr"
@@ -98,6 +99,8 @@ def build_onnx(model: LKDN):
         f"LKDN x{model.scale}, {model.num_feat} channels, {model.num_blocks} blocks (fused form). "
         "Input: RGB in [0, 1], float32 NCHW; output unclamped."
     )
+    entry = onnx_model.metadata_props.add()  # the network's identity, as every weights file declares it
+    entry.key, entry.value = CONFIG_KEY, json.dumps(model.config())
     return onnx_model
 
 
