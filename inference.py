@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, LKDN
 from utils.device import resolve_device
-from utils.errors import EXIT_USER_ERROR, UserError, run_cli
+from utils.errors import EXIT_USER_ERROR, FatalError, UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
 from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_image, write_image
 from utils.image.imresize import matlab_imresize
@@ -63,10 +63,6 @@ _UNITS = {"": 1024**2, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
-
-
-class FatalError(UserError):
-    """A user error that stops the whole run (not only the image it showed on)."""
 
 
 def _is_image(path: Path) -> bool:

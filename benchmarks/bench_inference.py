@@ -41,6 +41,7 @@ from baseline import BaselineUnavailable, load_native  # this script's folder
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import lkdn_s
+from utils.cli import non_negative_int, positive_int
 from utils.device import cpu_description
 from utils.errors import UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint
@@ -372,7 +373,9 @@ def print_detail(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: torch's)")
+    p.add_argument(
+        "--threads", type=positive_int, nargs="+", default=None, help="thread counts (default: torch's)"
+    )
     p.add_argument(
         "--sizes", nargs="+", default=list(SIZES), help="LR sizes HxW, or div2k (the sample image)"
     )
@@ -380,9 +383,9 @@ def main() -> None:
         "--baseline", nargs="*", default=[BASELINE], help="git revisions whose native backend to time"
     )
     p.add_argument(
-        "--runs", type=int, default=31, help="timed interleaved rounds, at most (medians reported)"
+        "--runs", type=positive_int, default=31, help="timed interleaved rounds, at most (medians reported)"
     )
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument(
         "--model_path", default=None, help=f"fused or training checkpoint (default {AUTHORS_FUSED})"
     )

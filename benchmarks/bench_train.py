@@ -22,6 +22,7 @@ import torch
 from models import lkdn_s
 from train.conv_backward import use_fast_conv_backward
 from train.nhwc_gelu import use_nhwc_gelu
+from utils.cli import non_negative_int, positive_int
 
 
 def make_step(
@@ -67,11 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr_patch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--lr_patch", type=positive_int, default=64)
+    parser.add_argument("--rounds", type=positive_int, default=10)
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch threads (default: torch's default)"
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)

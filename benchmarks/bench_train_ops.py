@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from train.native_conv_grad import depthwise_weight_grad, pointwise_backward
+from utils.cli import positive_int
 
 CHANNELS = 42
 SHAPES = [(3, 3, 1), (5, 1, 1), (1, 5, 1), (5, 5, 1), (3, 3, 3), (5, 5, 3)]  # (kh, kw, dilation)
@@ -102,10 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--size", type=positive_int, default=64)
+    parser.add_argument("--runs", type=positive_int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = (args.batch, CHANNELS, args.size, args.size)

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError, run_cli
-from utils.files.download import download_file, extract_zip
+from utils.files.download import decode_all, download_file, extract_zip, png_bound
+from utils.files.lock import one_writer
 
 OFFICIAL_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
 SCALE = 4
 # SHA-256 of the official zips, to be filled in once known from a trusted download; empty means "not checked".
 KNOWN_ZIP_SHA256: dict[str, str] = {}
 
+HR_MAX_SIDE = 2040  # DIV2K's images are 2040 pixels on their longer side (or less)
 TRAIN_IDS = range(1, 801)
 VALID_IDS = range(801, 901)
 TEST_IDS = range(901, 1001)
@@ -43,9 +45,20 @@ class Part:
     zip_subdir: str
     folder: str
     file_names: tuple[str, ...]
+    max_side: int = HR_MAX_SIDE  # the longest side of its images (LR: the HR's / SCALE)
 
     def members(self) -> list[str]:
         return [f"{self.zip_subdir}/{name}" for name in self.file_names]
+
+    @property
+    def max_member_bytes(self) -> int:
+        return png_bound(self.max_side, self.max_side)
+
+    @property
+    def max_bytes(self) -> int:
+        """The most its zip (or its extracted folder) can take: every image at the largest size, plus the zip's
+        own records (under 1 KiB a member)."""
+        return len(self.file_names) * (self.max_member_bytes + 1024)
 
 
 def _hr_names(ids: range) -> tuple[str, ...]:
@@ -62,12 +75,14 @@ VALID_LR = Part(
     f"DIV2K_valid_LR_bicubic/X{SCALE}",
     "DIV2K_valid_LR",
     _lr_names(VALID_IDS),
+    HR_MAX_SIDE // SCALE,
 )
 TEST_LR = Part(
     f"DIV2K_test_LR_bicubic_X{SCALE}.zip",
     f"DIV2K_test_LR_bicubic/X{SCALE}",
     "DIV2K_test_LR",
     _lr_names(TEST_IDS),
+    HR_MAX_SIDE // SCALE,
 )
 TRAIN_HR = Part("DIV2K_train_HR.zip", "DIV2K_train_HR", "DIV2K_train_HR", _hr_names(TRAIN_IDS))
 TRAIN_LR = Part(
@@ -75,6 +90,7 @@ TRAIN_LR = Part(
     f"DIV2K_train_LR_bicubic/X{SCALE}",
     f"DIV2K_train_LR_bicubic/X{SCALE}",
     _lr_names(TRAIN_IDS),
+    HR_MAX_SIDE // SCALE,
 )
 SPLITS = {"valid": (VALID_HR, VALID_LR), "train": (TRAIN_HR, TRAIN_LR), "test": (TEST_LR,)}
 
@@ -128,9 +144,20 @@ def fetch_part(part: Part, data_dir: Path, base_url: str, *, keep_zips: bool, pr
     url = f"{base_url.rstrip('/')}/{part.zip_name}"
     if not zip_path.exists():
         print(f"downloading {url}")
-        download_file(url, zip_path, sha256=KNOWN_ZIP_SHA256.get(part.zip_name), progress=progress)
+        download_file(
+            url,
+            zip_path,
+            sha256=KNOWN_ZIP_SHA256.get(part.zip_name),
+            progress=progress,
+            max_bytes=part.max_bytes,
+        )
     print(f"extracting {zip_path} -> {folder}")
-    extract_zip(zip_path, folder, expected_members=part.members(), subdir=part.zip_subdir)
+    fix = f"delete {zip_path} and re-run to download it again"
+    extract_zip(
+        zip_path, folder, expected_members=part.members(), subdir=part.zip_subdir,
+        max_member_bytes=part.max_member_bytes, max_total_bytes=part.max_bytes,
+        verify=lambda extracted: decode_all(sorted(extracted.glob("*.png")), fix),
+    )  # fmt: skip
     if not is_complete(folder, part.file_names):
         raise UserError(f"{folder}: not the expected {len(part.file_names)} images; delete it and re-run")
     if not keep_zips:
@@ -150,7 +177,13 @@ def download_div2k(
 ) -> None:
     """Fetch the requested DIV2K splits into data_dir in the NTIRE kit's layout."""
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    with one_writer(data_dir, "download", "--data_dir"):
+        _download_splits(data_dir, splits, base_url, keep_zips, progress)
+
+
+def _download_splits(
+    data_dir: Path, splits: tuple[str, ...], base_url: str, keep_zips: bool, progress: bool
+) -> None:
     for split in splits:
         for part in SPLITS[split]:
             fetch_part(part, data_dir, base_url, keep_zips=keep_zips, progress=progress)

@@ -10,7 +10,8 @@ tar.gz shards, shard-00.tar.gz first, in that order. Only the shards that hold t
 
 Result: data_dir/LSDIR/0001000/0000001.png .. and data_dir/LSDIR_first2000.txt, one path a line relative to
 data_dir (what `train_sources` names). Verification: LSDIR publishes no checksums, so a shard is checked by
-gzip's CRC as it is read, each image by its declared size (and a cap) and by its PNG header, and the set by its
+gzip's CRC as it is read, each image by its declared size (capped by the largest PNG an LSDIR image can be) and
+by decoding it, the shard's download and the images extracted by caps on their total size, and the set by its
 names. Each folder of 1,000 appears complete or not at all (extracted to a temporary folder, then renamed); a
 complete folder is skipped and a broken download resumes when the command is re-run.
 """
@@ -27,16 +28,19 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from data.download_div2k import png_size
 from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_text_atomic
-from utils.files.download import download_file
+from utils.files.download import decode_all, download_file, png_bound
+from utils.files.lock import one_writer
 
 OFFICIAL_BASE_URL = "https://huggingface.co/ofsoundof/LSDIR/resolve/main"
 TOTAL_IMAGES = 84_991
 FOLDER_SIZE = 1_000
 SHARDS = 17  # shard-00.tar.gz .. shard-16.tar.gz
-MAX_IMAGE_BYTES = 200 << 20  # no LSDIR image comes near this; a larger member is not an image of the set
+MAX_SIDE = 4096  # LSDIR's images are about 2K on the longer side; twice that is the margin
+MAX_IMAGE_BYTES = png_bound(MAX_SIDE, MAX_SIDE)  # a larger member is not an image of the set
+IMAGES_PER_SHARD = -(-TOTAL_IMAGES // SHARDS)
+MAX_SHARD_BYTES = IMAGES_PER_SHARD * (MAX_IMAGE_BYTES + 1024)  # every image at the cap, plus its tar header
 _MEMBER = re.compile(r"(?:.*/)?(\d{7})/(\d{7})\.png")
 
 
@@ -67,6 +71,7 @@ def _extract_wanted(archive: Path, lsdir: Path, wanted: dict[str, list[str]]) ->
     """Extract the wanted images of `archive` folder by folder (temporary folder, then rename); returns the
     folders completed. Raises UserError for a corrupt archive or an image of the wrong size."""
     fix = f"delete {archive} and re-run to download it again"
+    budget = sum(map(len, wanted.values())) * MAX_IMAGE_BYTES  # what the wanted images can take, at most
     staging = Path(tempfile.mkdtemp(prefix=".LSDIR.extracting.", dir=lsdir.parent))
     found: dict[str, set[str]] = {}
     try:
@@ -82,6 +87,9 @@ def _extract_wanted(archive: Path, lsdir: Path, wanted: dict[str, list[str]]) ->
                     raise UserError(
                         f"{archive}: {member.name} declares {member.size} bytes, not an LSDIR image; {fix}"
                     )
+                budget -= member.size
+                if budget < 0:
+                    raise UserError(f"{archive}: its images declare more bytes than LSDIR's can take; {fix}")
                 target = staging / folder / name
                 target.parent.mkdir(exist_ok=True)
                 source = tar.extractfile(member)
@@ -89,10 +97,10 @@ def _extract_wanted(archive: Path, lsdir: Path, wanted: dict[str, list[str]]) ->
                     shutil.copyfileobj(source, out)
                 if target.stat().st_size != member.size:
                     raise UserError(f"{archive}: {member.name} is shorter than it declares; {fix}")
-                png_size(target)  # a PNG header, or a one-line error
                 found.setdefault(folder, set()).add(name)
             while tar.fileobj.read(1 << 20):  # to the end of the stream: gzip checks its CRC and length there
                 pass
+        decode_all(sorted(staging.glob("*/*.png")), fix)  # a zero-filled or truncated image is refused here
         done = set()
         for folder, names in found.items():
             if names >= set(wanted[folder]) and not _complete(lsdir / folder, wanted[folder]):
@@ -124,6 +132,13 @@ def download_lsdir(
     if not 1 <= first <= TOTAL_IMAGES:
         raise UserError(f"--first {first}: LSDIR has training images 1 to {TOTAL_IMAGES}")
     data_dir = Path(data_dir)
+    with one_writer(data_dir, "download", "--data_dir"):
+        return _download(data_dir, first, base_url, token, keep_archives, progress)
+
+
+def _download(
+    data_dir: Path, first: int, base_url: str, token: str | None, keep_archives: bool, progress: bool
+) -> Path:
     lsdir = data_dir / "LSDIR"
     wanted = _folders(first)
     missing = {folder for folder, names in wanted.items() if not _complete(lsdir / folder, names)}
@@ -135,7 +150,13 @@ def download_lsdir(
         archive = data_dir / "LSDIR_archives" / name
         if not archive.exists():
             print(f"downloading {base_url.rstrip('/')}/{name}")
-            download_file(f"{base_url.rstrip('/')}/{name}", archive, progress=progress, headers=headers)
+            download_file(
+                f"{base_url.rstrip('/')}/{name}",
+                archive,
+                progress=progress,
+                headers=headers,
+                max_bytes=MAX_SHARD_BYTES,
+            )
         print(f"extracting the wanted images of {archive}")
         missing -= _extract_wanted(archive, lsdir, {f: wanted[f] for f in missing})
         if not keep_archives:

@@ -5,7 +5,10 @@ after that many body bytes and close the connection (a broken download); `ignore
 the whole file as servers without Range support do; `stall_after` makes the next response stop sending after
 that many bytes but keep the connection open (until the server shuts down), so that the client times out;
 `trickle` (seconds) sends the next response one byte at a time with that pause between bytes, so that no
-single read ever times out while the transfer as a whole crawls.
+single read ever times out while the transfer as a whole crawls. A path in `endless` is answered with zeros and
+no Content-Length, without end (a server that never says how much it sends). `crawl` (seconds, read live by
+every response while it sends) paces all responses at 256 bytes per `crawl`; set it to 0 and the rest goes at
+full speed.
 Every request's path and Range header is recorded.
 """
 
@@ -28,6 +31,8 @@ class FileServer(ThreadingHTTPServer):
         self.drop_after: int | None = None
         self.stall_after: int | None = None
         self.trickle: float | None = None
+        self.endless: set[str] = set()
+        self.crawl = 0.0
         self.release = threading.Event()  # set on shutdown: ends stalled responses
         self.requests: list[dict[str, str | None]] = []
         self.lock = threading.Lock()
@@ -51,6 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
             drop_after, srv.drop_after = srv.drop_after, None
             stall_after, srv.stall_after = srv.stall_after, None
             trickle, srv.trickle = srv.trickle, None
+        if self.path in srv.endless:
+            self._send_endless()
+            return
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
@@ -93,8 +101,28 @@ class _Handler(BaseHTTPRequestHandler):
                     break
             self.close_connection = True
             return
+        while srv.crawl > 0 and body:
+            try:
+                self.wfile.write(body[:256])
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                return
+            body = body[256:]
+            if srv.release.wait(timeout=srv.crawl):
+                return
         self.wfile.write(body)
         self.wfile.flush()
+
+    def _send_endless(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.close_connection = True
+        block = bytes(1 << 16)
+        while not self.server.release.is_set():
+            try:
+                self.wfile.write(block)
+            except OSError:  # the client stopped reading
+                return
 
 
 @contextmanager

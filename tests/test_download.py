@@ -432,3 +432,72 @@ def test_a_full_disk_during_extraction_is_one_error_and_no_folder(tmp_path, monk
     ):
         extract_zip(tmp_path / "ok.zip", tmp_path / "out")
     assert _siblings(tmp_path) == ["ok.zip"]
+
+
+# --- caps: what a data set can be, and images that decode ---------------------------------------------------
+
+
+def test_a_stream_without_a_length_is_capped_and_deleted(server, tmp_path):
+    server.endless.add("/endless")
+    with pytest.raises(UserError, match=r"sent more than 1048576 bytes, more than this file can be; stopped"):
+        download_file(server.url + "/endless", tmp_path / "f.zip", progress=False, max_bytes=1 << 20)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_announced_size_over_the_cap_is_refused_before_any_byte(server, tmp_path):
+    server.files["/big.zip"] = bytes(4096)
+    with pytest.raises(
+        UserError, match=r"the server reports 4096 bytes, more than this file can be \(1000\)"
+    ):
+        download_file(server.url + "/big.zip", tmp_path / "big.zip", progress=False, max_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zip_declaring_more_than_the_data_set_in_all_is_refused(tmp_path):
+    zipped = tmp_path / "bomb.zip"
+    zipped.write_bytes(_zip_bytes({f"d/{i}.png": bytes(1 << 20) for i in range(3)}, zipfile.ZIP_DEFLATED))
+    with pytest.raises(UserError, match=r"declares 3145728 bytes in all, more than the data set can hold"):
+        extract_zip(zipped, tmp_path / "d", max_member_bytes=2 << 20, max_total_bytes=2 << 20)
+    assert _siblings(tmp_path) == ["bomb.zip"]
+
+
+def test_div2k_refuses_a_zip_of_zeros_posing_as_its_images(server, div2k_zips, tmp_path):
+    """A 20 MiB member of zeros compresses to 20 KiB: no DIV2K image (2040 pixels a side at most) is that large."""
+    members = {f"DIV2K_valid_HR/{i:04d}.png": _png(8, 12, i) for i in range(801, 901)}
+    members["DIV2K_valid_HR/0801.png"] = bytes(20 << 20)
+    server.files["/DIV2K_valid_HR.zip"] = _zip_bytes(members, zipfile.ZIP_DEFLATED)
+    with pytest.raises(
+        UserError, match=r"0801.png declares 20971520 bytes, more than any file it should hold"
+    ):
+        download_div2k.download_div2k(tmp_path, base_url=server.url, progress=False)
+    assert not (tmp_path / "DIV2K_valid_HR").exists()
+
+
+@pytest.mark.parametrize("damage", ["zeros", "truncated"])
+def test_div2k_refuses_an_image_that_does_not_decode(server, div2k_zips, tmp_path, damage):
+    members = {f"DIV2K_valid_HR/{i:04d}.png": _png(8, 12, i) for i in range(801, 901)}
+    good = members["DIV2K_valid_HR/0850.png"]
+    members["DIV2K_valid_HR/0850.png"] = bytes(len(good)) if damage == "zeros" else good[: len(good) // 2]
+    server.files["/DIV2K_valid_HR.zip"] = _zip_bytes(members)
+    with pytest.raises(
+        UserError, match=r"0850.png: not a decodable image .*delete .*DIV2K_valid_HR.zip and re-run"
+    ):
+        download_div2k.download_div2k(tmp_path, base_url=server.url, progress=False)
+    assert _siblings(tmp_path) == ["DIV2K_zips"]  # the zip stays for inspection; no image folder
+
+
+def test_lsdir_refuses_an_image_that_does_not_decode(server, tmp_path):
+    members = {download_lsdir.image_path(i): _png(4, 4, i) for i in range(1, 11)}
+    members[download_lsdir.image_path(7)] = bytes(len(members[download_lsdir.image_path(7)]))
+    server.files["/lsdir/shard-00.tar.gz"] = _tar_gz(members)
+    with pytest.raises(UserError, match=r"0000007.png: not a decodable image"):
+        download_lsdir.download_lsdir(tmp_path, 10, base_url=server.url + "/lsdir", progress=False)
+    assert not (tmp_path / "LSDIR" / "0001000").exists()
+
+
+def test_the_caps_hold_every_real_image_with_margin():
+    """The largest DIV2K image (2040 x 2040, incompressible) fits its cap; so does LSDIR's at twice 2K."""
+    noise = np.random.default_rng(0).integers(0, 256, (2040, 2040, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", noise)
+    assert ok and len(encoded) <= download_div2k.VALID_HR.max_member_bytes
+    assert download_div2k.VALID_HR.max_member_bytes <= download_lsdir.MAX_IMAGE_BYTES

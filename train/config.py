@@ -38,7 +38,7 @@ NonNegative = Annotated[int, Field(ge=0)]
 class TrainConfig(BaseModel):
     """Every knob of a run. The defaults here are the factsheet's stage 1; the YAML files restate them."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: Annotated[str, Field(min_length=1)] = "LKDN-S_x4_scratch"
     stage: Literal["scratch", "finetune"] = "scratch"
@@ -128,6 +128,17 @@ FREE_FIELDS = frozenset(
      "val_every", "save_every", "keep_last", "log_every", "max_minutes", "max_bad_images"}
 )  # fmt: skip
 RECIPE_FIELDS = frozenset(TrainConfig.model_fields) - FREE_FIELDS
+# Recipe fields a resume cannot change, with the reason; every other change takes effect at the next step.
+FIXED_ON_RESUME = {
+    **dict.fromkeys(
+        ("num_feat", "num_blocks", "scale", "attention", "shallow"),
+        "the saved weights are of another network; start a new run (--run_dir) or fine-tune from them "
+        "(--init_from)",
+    ),
+    "optimizer": "the saved optimizer state belongs to the other optimizer; start a new run with --init_from",
+    "init_from": "only a new run starts from init_from; a resumed run continues from its own weights",
+    "stage": "a run folder holds one stage; start the other stage in its own --run_dir",
+}
 
 
 def _one_line(error: dict, source: Path | str, flags: set[str]) -> str:

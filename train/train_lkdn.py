@@ -7,16 +7,21 @@ recorded in config_history.yml). `--restart` starts over only in an empty folder
 `torchrun --nproc_per_node=N train/train_lkdn.py --stage scratch`.
 
 Exit codes: 0 finished (or stopped at --max_minutes, state saved), 2 a mistake to fix (the message says which),
-130 / 143 stopped by SIGINT / SIGTERM (state saved; run the same command to resume).
+130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP, to the process or its whole group (state saved; run the
+same command to resume). One trainer per run folder: a second one is refused, naming the first one's PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
 from train import state as run_state
 from train.config import (
+    FIXED_ON_RESUME,
     RECIPE_FIELDS,
     STAGES,
     TrainConfig,
@@ -28,8 +33,9 @@ from train.config import (
 )
 from train.state import latest_resumable
 from train.trainer import Trainer, build_model
-from utils.errors import UserError, run_cli
+from utils.errors import EXIT_SIGNAL, UserError, run_cli
 from utils.files.checkpoint import load_checkpoint
+from utils.files.lock import one_writer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--stage", choices=STAGES, default="scratch", help="which recipe stage (default scratch)"
+        "--stage", choices=STAGES, help="which recipe stage (default scratch; a resumed run keeps its own)"
     )
     parser.add_argument("--config", type=Path, help="a YAML config (default train/<stage>.yml)")
     resume = parser.add_mutually_exclusive_group()
@@ -46,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     resume.add_argument(
         "--restart", action="store_true", help="ignore saved states (the run folder must be new)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder that holds an earlier run without a state to resume, replacing it",
     )
     parser.add_argument(
         "--accept_config_change",
@@ -77,8 +88,7 @@ def export_fused(config: TrainConfig, which: str) -> list[Path]:
     return paths
 
 
-COMMAND_FLAGS = ("stage", "config", "resume", "restart", "export_fused", "accept_config_change")
-EXIT_SIGNAL = 128  # a run stopped by signal N exits with 128 + N, as a shell reports it
+COMMAND_FLAGS = ("stage", "config", "resume", "restart", "overwrite", "export_fused", "accept_config_change")
 
 
 def resumed_config(
@@ -94,7 +104,16 @@ def resumed_config(
     else:
         now = validated({**saved.to_dict(), **overrides}, source, set(overrides))
     changes = recipe_changes(saved, now)
+    if args.stage is not None and args.stage != saved.stage:  # --stage picks a recipe, it is no field's flag
+        changes["stage"] = (saved.stage, args.stage)
     recipe = {name: change for name, change in changes.items() if name in RECIPE_FIELDS}
+    fixed = [name for name in recipe if name in FIXED_ON_RESUME]
+    if fixed:
+        name = fixed[0]
+        old, new = recipe[name]
+        raise UserError(
+            f"{run_dir}: {name} cannot change on resume ({old!r} saved, {new!r} now): {FIXED_ON_RESUME[name]}"
+        )
     if recipe and not args.accept_config_change:
         listed = "; ".join(f"{name}: {old!r} (saved) -> {new!r} (now)" for name, (old, new) in recipe.items())
         raise UserError(
@@ -112,12 +131,34 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = config_overrides(args)
-    config_path = args.config or default_config_path(args.stage)
+    stage = args.stage or "scratch"
+    config_path = args.config or default_config_path(stage)
     config = load_config(config_path, overrides)
-    if config.stage != args.stage and args.config is None:
-        raise UserError(
-            f"{config_path}: says stage {config.stage!r}, but --stage is {args.stage!r}; fix the file"
-        )
+    if config.stage != stage and args.config is None:
+        raise UserError(f"{config_path}: says stage {config.stage!r}, but --stage is {stage!r}; fix the file")
+    run_dir = config.resolved_run_dir
+    created = not run_dir.exists()
+    started: list[Trainer] = []
+    try:
+        with run_folder_lock(run_dir):
+            return _in_run_folder(args, config, overrides, started)
+    except BaseException:
+        if created and not started:  # refused before training began: no folder left behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def run_folder_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run folder's lock (one trainer at a time), taken by rank 0 only: the other ranks of a torchrun group
+    run under it."""
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return one_writer(run_dir, "trainer", "--run_dir")
+
+
+def _in_run_folder(
+    args: argparse.Namespace, config: TrainConfig, overrides: dict, started: list[Trainer]
+) -> int:
     run_dir = config.resolved_run_dir
     saved = run_dir / "config.yml"
     if args.export_fused:
@@ -137,9 +178,44 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict[str, tuple] = {}
     if found is not None:
         config, changes = resumed_config(run_dir, found, args, overrides)
+        if found >= config.total_iters:  # nothing to compute: touch nothing (a committed run stays as it is)
+            print(
+                f"{run_dir}: finished at iteration {found}; nothing to do (--export_fused writes its fused weights "
+                "again; a larger --total_iters with --accept_config_change trains on)"
+            )
+            return 0
+    elif args.overwrite:
+        _clear_run(run_dir)
+    else:
+        _refuse_to_overwrite(run_dir)
     trainer = Trainer(config, resume=not args.restart, changes=changes)
+    started.append(trainer)
     trainer.run()
     return EXIT_SIGNAL + trainer.stopped_by if trainer.stopped_by is not None else 0
+
+
+RUN_FILES = ("config.yml", "config_history.yml", "train.log", "curves.png", "models", "training_states")
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    """What a run (finished, foreign, or one whose states were not kept) left in `run_dir`."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def _refuse_to_overwrite(run_dir: Path) -> None:
+    found = _run_files(run_dir)
+    if found:
+        raise UserError(
+            f"{run_dir}: holds a run ({', '.join(found)}) with no training state to resume; a new run would "
+            "overwrite it: pass another --run_dir, or --overwrite to replace it"
+        )
+
+
+def _clear_run(run_dir: Path) -> None:
+    """--overwrite: the earlier run's files go, so that nothing of it mixes with the new one."""
+    for name in _run_files(run_dir):
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def cli() -> None:

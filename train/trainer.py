@@ -4,14 +4,22 @@ Exact resume rests on two facts: training sample k is a pure function of (seed, 
 other piece of state (weights, EMA, optimizer, schedule, random generators) is saved together at an iteration.
 So a run killed at any point and resumed from its newest state computes the same steps as an uninterrupted one.
 
-Nothing is lost that was computed: SIGINT / SIGTERM stop after the step and save; an error that ends the run
-between steps (an unreadable batch, too many unreadable images, memory) saves the last completed step first.
+Nothing is lost that was computed, by construction rather than case by case:
+- SIGINT, SIGTERM and SIGHUP, sent to the trainer or to its whole process group (as schedulers and `timeout`
+  do), stop it after the step, saving it. The loader's workers ignore them (the main process owns shutdown;
+  the signals are blocked while the workers start, so none arrives before they can ignore it).
+- Everything between two steps (loading, logging, saving, validation, curves, export) runs under one guard that
+  saves the last completed step before the error ends the run; validation runs on saved work only.
+- A resume applies every change it accepts at the next step (learning rate and schedule, optimizer constants,
+  EMA decay, loss, batch, patch, augmentation, intervals); train_lkdn.py refuses the ones that cannot apply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -36,7 +44,8 @@ from train.distributed import DistInfo, barrier, init_distributed, shutdown
 from train.ema import EMA
 from train.native_conv_grad import native_conv_grad_available
 from train.nhwc_gelu import use_nhwc_gelu
-from train.optim import build_loss, build_optimizer, build_scheduler
+from train.optim import build_loss, build_optimizer, build_scheduler, lr_factor
+from train.preflight import check_memory
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.files.atomic_write import write_text_atomic
@@ -46,6 +55,48 @@ from utils.files.yaml_file import yaml_text
 from utils.measure.metrics import psnr_y
 
 log = logging.getLogger("lkdn.train")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """A loader worker's start: the stop signals are the main process's to handle (a signal to the process
+    group would otherwise kill the workers and, with them, the main process's next batch)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _shared_memory_full(err: BaseException) -> bool:
+    """A worker's batch could not be put in shared memory (a container's small /dev/shm, a full one)."""
+    text = str(err)
+    return (
+        isinstance(err, RuntimeError)
+        and "DataLoader worker" in text
+        and any(
+            reason in text
+            for reason in ("No space left on device", "File too large", "unable to write to file </torch_")
+        )
+    )
+
+
+def _stop_workers(loader: DataLoader) -> None:
+    """End the loader's workers now, through their queues. Left to garbage collection, they may outlive the
+    run until multiprocessing's exit handler, which stops them with SIGTERM: the signal they ignore."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Stop signals held back (pending, then delivered) while loader workers are forked: a worker inherits the
+    block, so a signal to the group reaches it only after `ignore_stop_signals` has run."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class StepBatches(Sampler[list[int]]):
@@ -170,7 +221,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = not config.deterministic
         torch.manual_seed(config.seed)
         resume_at = run_state.latest_resumable(self.run_dir) if resume else None
-        self._check_validation_folders()
+        self._check_inputs(from_init=resume_at is None)
+        check_memory(config, self.device)  # before the network and its optimizer are allocated
         self.model = self._model(from_init=resume_at is None)
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = build_optimizer(self.model.parameters(), config)
@@ -198,22 +250,23 @@ class Trainer:
             )
         return device
 
-    def _check_validation_folders(self) -> None:
-        """Every validation folder readable in a layout it understands: checked before the first step, not at
-        the first validation hours later."""
-        for folder in self.config.val_dirs:
-            ValidationSet(Path(folder), self.config.scale)
+    def _check_inputs(self, from_init: bool) -> None:
+        """Every validation folder readable in a layout it understands, and init_from there on a fresh start:
+        checked before the first step, not at the first validation hours later."""
+        config = self.config
+        for folder in config.val_dirs:
+            ValidationSet(Path(folder), config.scale)
+        if from_init and config.init_from and not Path(config.init_from).is_file():
+            raise UserError(
+                f"{config.init_from}: the init_from checkpoint does not exist; finish stage 1 first "
+                "(python train/train_lkdn.py --stage scratch) or pass --init_from <file.pth>"
+            )
 
     def _model(self, from_init: bool) -> LKDN:
         """The training-form model on the device, from `init_from` on a fresh start, with the CPU speed-ups."""
         config = self.config
         model = build_model(config)
         if from_init and config.init_from:
-            if not Path(config.init_from).is_file():
-                raise UserError(
-                    f"{config.init_from}: the init_from checkpoint does not exist; finish stage 1 first "
-                    "(python train/train_lkdn.py --stage scratch) or pass --init_from <file.pth>"
-                )
             load_checkpoint(config.init_from, model)  # refuses non-finite weights, naming the tensor
             log.info("initialised from %s", config.init_from)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -252,11 +305,27 @@ class Trainer:
         self.ema.load_state_dict(weights["params_ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_recipe()
         self.scaler.load_state_dict(state["scaler"])
         run_state.restore_rng_states(state["rng"])
         self.start, self.best = state["iteration"], state["best"]
         self.saved_at = self.start  # on disk already: an error before the next step need not save it
         log.info("resumed from %s at iteration %d", source, iteration)
+
+    def _apply_recipe(self) -> None:
+        """The configuration's optimizer constants and schedule over what a loaded state restored: a change
+        that a resume accepted applies from the next step (the state holds the values it was saved with)."""
+        config, groups = self.config, self.optimizer.param_groups
+        for group in groups:
+            group.update(
+                initial_lr=config.lr,
+                betas=tuple(config.betas),
+                eps=config.eps,
+                weight_decay=config.weight_decay,
+            )
+            group["lr"] = config.lr * lr_factor(config, self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [config.lr] * len(groups)
+        self.scheduler._last_lr = [group["lr"] for group in groups]
 
     def _weights(self) -> dict:
         return {"params": self.model.state_dict(), "params_ema": self.ema.state_dict()}
@@ -272,7 +341,19 @@ class Trainer:
             "config": self.config.to_dict(),
             "lkdn_config": self.model.config(),
         }
-        run_state.save_iteration(self.run_dir, iteration, self._weights(), state, self.config.keep_last)
+        try:
+            run_state.save_iteration(self.run_dir, iteration, self._weights(), state, self.config.keep_last)
+        except (OSError, UserError) as err:
+            kept = f"iteration {self.saved_at}" if self.saved_at else "none yet"
+            found = re.search(r"\(([^)]*)\)", str(err))  # write_bytes_atomic's "(No space left on device)"
+            reason = (
+                err.strerror if isinstance(err, OSError) and err.strerror else found[1] if found else str(err)
+            )
+            raise UserError(
+                f"{self.run_dir}: cannot save iteration {iteration} ({reason}); free disk space and run the same "
+                f"command to resume (the last saved state: {kept})"
+            ) from None
+        self.saved_at = iteration
         log.info("saved iteration %d", iteration)
 
     def export_fused(self) -> list[Path]:
@@ -308,6 +389,7 @@ class Trainer:
             num_workers=config.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=config.num_workers > 0,
+            worker_init_fn=ignore_stop_signals if config.num_workers > 0 else None,
         )
 
     def _reduced(self, loss: torch.Tensor) -> float:
@@ -334,11 +416,12 @@ class Trainer:
         self.stop_signal = f"{signal.Signals(signum).name} received"
         self.stopped_by = signum
 
-    def _validate(self, iteration: int, writer) -> None:
+    def _validate(self, iteration: int, writer) -> bool:
         scores = validate(self.ema.model, self.config.val_dirs, self.config.scale, self.device)
         mean = float(np.mean(list(scores.values())))
         text = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
-        if mean > self.best:
+        improved = mean > self.best
+        if improved:
             self.best = mean
             save_weights(self._weights(), self.run_dir / "models" / "best.pth", self.model.config())
             text += " (best)"
@@ -350,6 +433,7 @@ class Trainer:
         if writer is not None:
             for name, value in scores.items():
                 writer.add_scalar(f"val/psnr_y/{name}", value, iteration)
+        return improved
 
     def _diverged(self, iteration: int) -> UserError:
         last = run_state.latest_resumable(self.run_dir)
@@ -404,22 +488,42 @@ class Trainer:
             writer.add_scalar("train/loss", float(np.mean(window)), iteration)
             writer.add_scalar("train/lr", learning_rate, iteration)
 
-    def _validate_and_save(self, iteration: int, stop: str | None, writer) -> None:
-        """Validation and the checkpoint when due (or when stopping); validation first, so the saved state
-        knows the best."""
+    def _save_and_validate(self, iteration: int, stop: str | None, writer) -> None:
+        """The checkpoint when due (or when stopping, or before a validation: validation runs on saved work
+        only), then validation when due; a new best is saved into the state too."""
         config = self.config
         due = iteration == config.total_iters or stop is not None
-        if self.info.is_main and config.val_dirs and (iteration % config.val_every == 0 or due):
-            self._validate(iteration, writer)
-        if self.info.is_main and (iteration % config.save_every == 0 or due):
+        validating = bool(config.val_dirs) and (iteration % config.val_every == 0 or due)
+        if not self.info.is_main:
+            return
+        if iteration % config.save_every == 0 or due or validating:
             self.save(iteration)
-            self.saved_at = iteration
+        if validating and self._validate(iteration, writer):
+            self.save(iteration)  # the state's `best` follows, so a resume compares with it
 
     def _save_after_error(self, iteration: int) -> None:
-        """After an error between steps: save the last completed step, unless it is saved already."""
+        """After an error between steps: save the last completed step, unless it is saved already. A save that
+        fails too is logged; the first error is the one reported."""
         if self.info.is_main and iteration > self.saved_at:
-            self.save(iteration)
+            try:
+                self.save(iteration)
+            except Exception as err:  # noqa: BLE001 (the error being handled is the one to report)
+                log.error("could not save iteration %d: %s", iteration, err)
+                return
             log.info("saved iteration %d before stopping on the error below", iteration)
+
+    def _log_stop(self, iteration: int, reason: str) -> None:
+        log.info(
+            "stopping at iteration %d: %s; state saved in %s: run the same command to resume",
+            iteration, reason, self.run_dir,
+        )  # fmt: skip
+
+    def _worker_died_on_stop(self, err: BaseException) -> bool:
+        """A loader worker killed while the run is stopping (SIGKILL to the group, or a worker that did not
+        ignore the signal): the stop it is, not an error."""
+        return (
+            self.stop_signal is not None and isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
+        )
 
     def run(self) -> int:
         """Train to total_iters (or max_minutes, or a signal); returns the last iteration reached."""
@@ -434,42 +538,57 @@ class Trainer:
         )  # fmt: skip
         started = time.monotonic()
         self.stop_signal = None
-        handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         bar = tqdm(total=config.total_iters, initial=self.start, disable=not info.is_main, dynamic_ncols=True)
         iteration, window = self.start, []
         self.model.train()
-        batches = iter(loader)
         try:
+            with stop_signals_blocked():
+                batches = iter(loader)
             while iteration < config.total_iters:
                 try:  # between steps: an error here leaves the weights of the last step intact
                     lr_batch, hr_batch, unreadable = next(batches)
                     self._note_unreadable(unreadable, total_images)
                 except StopIteration:
                     break
-                except BaseException:
+                except BaseException as err:
                     self._save_after_error(iteration)
+                    if self._worker_died_on_stop(err):
+                        self._log_stop(iteration, self.stop_signal)
+                        break
+                    if _shared_memory_full(err):
+                        raise UserError(
+                            f"the loader's workers cannot pass batches through shared memory (/dev/shm is full or "
+                            f"limited); pass --num_workers 0, or give the container more /dev/shm (state saved at "
+                            f"iteration {self.saved_at}: run the same command to resume)"
+                        ) from None
                     raise
                 value = self._step(lr_batch, hr_batch)
                 if not math.isfinite(value):
                     raise self._diverged(iteration + 1)
                 iteration += 1
-                window.append(value)
-                bar.update()
-                bar.set_postfix(
-                    loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False
-                )
-                if iteration % config.log_every == 0:
-                    self._log_progress(iteration, window, writer)
-                    window = []
-                stop = self._stop_reason(started)
-                self._validate_and_save(iteration, stop, writer)
-                barrier(info)
+                try:  # between steps again: whatever fails here, the step just computed is saved first
+                    window.append(value)
+                    bar.update()
+                    bar.set_postfix(
+                        loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False
+                    )
+                    if iteration % config.log_every == 0:
+                        self._log_progress(iteration, window, writer)
+                        window = []
+                    stop = self._stop_reason(started)
+                    self._save_and_validate(iteration, stop, writer)
+                    barrier(info)
+                except BaseException:
+                    self._save_after_error(iteration)
+                    raise
                 if stop is not None:
-                    log.info("stopping at iteration %d: %s (state saved)", iteration, stop)
+                    self._log_stop(iteration, stop)
                     break
             if info.is_main and iteration == config.total_iters:
                 self.export_fused()
         finally:
+            _stop_workers(loader)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             bar.close()

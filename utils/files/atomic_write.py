@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import io
 import os
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import FatalError, UserError
+
+# no room for the file (a full disk, a quota, a file-size limit): nothing later can be written either
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -20,7 +24,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
     A crash leaves the old file or the new one, never a mix (the data is fsynced before the rename); temporary
     files that a killed writer of the same path left are removed. The file gets the permissions of any new file
-    (0o666 less the umask), not mkstemp's private 0o600. An OSError becomes a UserError naming the path.
+    (0o666 less the umask), not mkstemp's private 0o600. An OSError becomes a UserError naming the path (a FatalError when
+    the disk is full: nothing after it can be written either).
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
@@ -35,6 +40,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise FatalError(
+                f"{path}: cannot write it ({err.strerror or err}); free disk space and re-run"
+            ) from None
         if isinstance(err, OSError):
             raise UserError(
                 f"{path}: cannot write it ({err.strerror or err}); choose a writable folder"

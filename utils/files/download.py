@@ -18,12 +18,13 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.errors import UserError
+from utils.errors import FatalError, UserError
+from utils.files.atomic_write import DISK_FULL
 
 USER_AGENT = "lkdn-downloader/1.0 (+urllib)"
 DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a request counts as failed
@@ -31,6 +32,29 @@ MIN_RATE = 1024.0  # bytes per second, averaged over RATE_WINDOW: slower than th
 RATE_WINDOW = 60.0  # seconds
 DEADLINE = 24 * 3600.0  # seconds one transfer may take at most, however steadily it crawls
 MAX_MEMBER_BYTES = 256 << 20  # no image of a dataset here comes near it; a larger member is not what we want
+MAX_DOWNLOAD_BYTES = 64 << 30  # a transfer that has not said its size stops here at the latest
+
+
+def png_bound(width: int, height: int, channels: int = 3) -> int:
+    """The most bytes a PNG of an 8-bit image this large can take: its raw pixels, a filter byte per row,
+    deflate's stored-block overhead (5 bytes per 64 KiB) and the chunks around them, with 1% margin. A data set
+    whose images are at most this large holds no larger file; a member that claims more is not one of them."""
+    raw = height * (width * channels + 1)
+    return int(1.01 * (raw + 5 * (raw // 65535 + 1))) + 64 * 1024
+
+
+def decode_all(paths: Iterable[Path], fix: str) -> int:
+    """Decode every image of `paths` (a zero-filled or truncated file would pass a size check); UserError naming
+    the first that does not decode. Returns how many were decoded."""
+    import cv2
+
+    count = 0
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None or image.size == 0:
+            raise UserError(f"{path}: not a decodable image (truncated, zero-filled or not an image); {fix}")
+        count += 1
+    return count
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -74,9 +98,11 @@ def download_file(
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     headers: dict[str, str] | None = None,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
     """Download `url` to `dest`, resuming `dest.part` if a previous run broke off; verify, then rename.
-    `headers` go with every request (e.g. the authorization a gated dataset asks for).
+    `headers` go with every request (e.g. the authorization a gated dataset asks for). No more than
+    `max_bytes` are ever written, whatever the server announces (or does not).
 
     The size is checked against `size` (when given) and the server's Content-Length, the SHA-256 against
     `sha256` (when given). Raises UserError on network errors (re-running resumes) and on a mismatch (the
@@ -93,7 +119,7 @@ def download_file(
     if size is None or offset < size:
         _fetch(
             url, part, offset, size=size, chunk=chunk, progress=progress, timeout=timeout, name=dest.name,
-            headers=headers,
+            headers=headers, max_bytes=max_bytes,
         )  # fmt: skip
 
     got = part.stat().st_size
@@ -123,6 +149,7 @@ def _fetch(
     timeout: float,
     name: str,
     headers: dict[str, str] | None = None,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> None:
     """Stream the rest of `url` into `part` from `offset`; on return `part` holds the whole file."""
     total: int | None = None
@@ -153,6 +180,11 @@ def _fetch(
                 start, total = 0, length  # 200: no Range sent, or the server ignored it and sends everything
             if size is not None and total is not None and total != size:
                 raise UserError(f"{url}: the server reports {total} bytes, expected {size}; check the URL")
+            if total is not None and total > max_bytes:
+                raise UserError(
+                    f"{url}: the server reports {total} bytes, more than this file can be ({max_bytes}); "
+                    "check the URL (or the base URL)"
+                )
             bar = tqdm(
                 total=total,
                 initial=start,
@@ -168,7 +200,16 @@ def _fetch(
                 read = getattr(
                     resp, "read1", resp.read
                 )  # read1: what has arrived, so a timeout loses nothing
+                written = start
                 while block := read(chunk):
+                    written += len(block)
+                    if written > max_bytes:
+                        f.close()
+                        part.unlink()
+                        raise UserError(
+                            f"{url}: sent more than {max_bytes} bytes, more than this file can be; stopped and "
+                            "deleted what arrived: check the URL (or the base URL)"
+                        )
                     f.write(block)
                     bar.update(len(block))
                     pace.check(len(block))
@@ -181,6 +222,11 @@ def _fetch(
         raise UserError(f"{url}: HTTP {err.code} {err.reason}; check the URL (or the base URL)") from None
     except (OSError, http.client.HTTPException) as err:
         have = part.stat().st_size if part.exists() else 0
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise FatalError(
+                f"{part}: cannot write it ({err.strerror}) after {have} bytes; free disk space and re-run the same "
+                "command to resume"
+            ) from None
         if not have:
             raise UserError(
                 f"{url}: cannot download ({err}); check the network connection and re-run"
@@ -231,11 +277,15 @@ def extract_zip(
     expected_members: Iterable[str] | None = None,
     subdir: str | None = None,
     max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int | None = None,
+    verify: Callable[[Path], object] | None = None,
 ) -> Path:
-    """Verify `zip_path` (CRCs, expected members); extract it so `dest_dir` appears complete or not at all.
+    """Verify `zip_path` (CRCs, expected members, each member's and the total declared size); extract it so
+    `dest_dir` appears complete or not at all.
 
-    Extraction goes to a temporary sibling of `dest_dir`, which is then renamed into place; with `subdir`,
-    only that folder of the archive becomes `dest_dir` (e.g. `DIV2K_valid_LR_bicubic/X4`).
+    Extraction goes to a temporary sibling of `dest_dir`; `verify(folder)` checks what was extracted (e.g. that
+    every image decodes) before it is renamed into place; with `subdir`, only that folder of the archive becomes
+    `dest_dir` (e.g. `DIV2K_valid_LR_bicubic/X4`).
     """
     zip_path, dest_dir = Path(zip_path), Path(dest_dir)
     if dest_dir.exists():
@@ -256,6 +306,12 @@ def extract_zip(
                         f"{zip_path}: {info.filename} declares {info.file_size} bytes, more than any file it should "
                         f"hold ({max_member_bytes}); {fix} from the official site"
                     )
+            total = sum(info.file_size for info in zf.infolist())
+            if max_total_bytes is not None and total > max_total_bytes:
+                raise UserError(
+                    f"{zip_path}: declares {total} bytes in all, more than the data set can hold "
+                    f"({max_total_bytes}); {fix} from the official site"
+                )
             missing = sorted(set(expected_members or ()) - names)
             if missing:
                 shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -273,6 +329,8 @@ def extract_zip(
                 src = tmp / subdir if subdir else tmp
                 if not src.is_dir():
                     raise UserError(f"{zip_path}: has no folder {subdir}; {fix}")
+                if verify is not None:
+                    verify(src)
                 os.replace(src, dest_dir)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from utils.errors import UserError, run_cli
 from utils.files.download import download_file, sha256_of
+from utils.files.lock import one_writer
 
 AUTHORS_BASE_URL = "https://raw.githubusercontent.com/stella-von/LKDN/main/experiments/pretrained_models/LKDN"
 BASE_URL_ENV = "LKDN_WEIGHTS_BASE_URL"
 DEFAULT_DEST = Path(__file__).resolve().parents[2] / "model_zoo" / "authors"
+MAX_BYTES = 16 << 20  # the authors' files are under 3 MB; a transfer past this is not one of them
 LICENCE = "MIT licence, Copyright (c) 2023 StellaXx (github.com/stella-von/LKDN)"
 
 AUTHORS_WEIGHTS_SHA256 = {
@@ -54,6 +56,11 @@ def fetch_authors_weights(
     file_name = _file_name(name)
     expected = AUTHORS_WEIGHTS_SHA256[file_name]
     dest = Path(dest_dir) / file_name
+    with one_writer(dest.parent, "download", "--dest", wait=None):  # a second one waits, then finds the file
+        return _fetch_verified(dest, file_name, expected, base_url, progress)
+
+
+def _fetch_verified(dest: Path, file_name: str, expected: str, base_url: str | None, progress: bool) -> Path:
     if dest.exists():
         actual = sha256_of(dest)
         if actual != expected:
@@ -63,7 +70,9 @@ def fetch_authors_weights(
             )
         return dest
     base_url = base_url or os.environ.get(BASE_URL_ENV) or AUTHORS_BASE_URL
-    return download_file(f"{base_url.rstrip('/')}/{file_name}", dest, sha256=expected, progress=progress)
+    return download_file(
+        f"{base_url.rstrip('/')}/{file_name}", dest, sha256=expected, progress=progress, max_bytes=MAX_BYTES
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
