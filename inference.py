@@ -39,6 +39,7 @@ from utils.files.image_io import DecodedImage, image_to_tensor, quantize, read_i
 from utils.image.imresize import matlab_imresize
 from utils.runtime.backends import (
     BACKENDS,
+    ONNX_PATH_HELP,
     PRECISION_HELP,
     PRECISIONS,
     InputTooSmall,
@@ -261,7 +262,7 @@ def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
     model = build_model_from_checkpoint(path, fused=True)
     device = resolve_device(args.device)
     try:
-        runner = make_runner(model, device, args.backend, args.precision)
+        runner = make_runner(model, device, args.backend, args.precision, args.onnx_path)
     except ValueError as err:
         raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
     try:
@@ -299,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backend", default="auto", help=f"{', '.join(BACKENDS)} (default auto: the fastest exact one)"
     )
     p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help=PRECISION_HELP)
+    p.add_argument("--onnx_path", type=Path, help=ONNX_PATH_HELP)
     p.add_argument(
         "--max-memory",
         "--max_memory",

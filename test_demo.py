@@ -2,6 +2,7 @@
 
     python test_demo.py --data_dir data/ --save_dir results/ [--include_test | --hybrid_test] [--ssim]
     python test_demo.py --benchmark_dir path/to/benchmark [--model_path file.pth | --model_id bicubic]
+    python test_demo.py --lr_dir path/to/lr_images/
 
 Challenge mode (DIV2K valid; DIV2K test with --include_test, the LSDIR + DIV2K test set with --hybrid_test): RGB
 PSNR of the uint8 output, HR cropped to a multiple of 4, 4-pixel border, mean over images; forward time per image
@@ -11,6 +12,9 @@ name (another checkpoint than the bundled one: <entry>@<file name>), merged with
 
 Benchmark mode (--benchmark_dir, folders Set5/, Set14/, B100/, ... each with HR/ and LR_bicubic_x4/): the paper's
 table, PSNR and SSIM on the BT.601 Y channel with a 4-pixel border.
+
+LR-only mode (--lr_dir, any folder of LR images, as in a test phase whose HR images are hidden): the runtime, the
+memory and the SR images, timed as in challenge mode; results.json gets an `lr_only` part without PSNR.
 
 On a CPU the forward pass is timed with perf_counter after a warm-up pass, and memory is the process's peak
 resident memory: neither is comparable with the challenge's GPU figures.
@@ -41,6 +45,7 @@ from utils.measure.model_summary import CHALLENGE_INPUT, summarize
 from utils.measure.timing import PeakMemory, timed_ms
 from utils.runtime.backends import (
     BACKENDS,
+    ONNX_PATH_HELP,
     PRECISION_HELP,
     PRECISIONS,
     OutputError,
@@ -110,7 +115,7 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
             f"{path}: a x{model.scale} checkpoint; the challenge is x{SCALE}, pass a x{SCALE} one"
         )
     try:
-        runner = make_runner(model, device, args.backend, args.precision)
+        runner = make_runner(model, device, args.backend, args.precision, args.onnx_path)
     except ValueError as err:
         raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
     try:
@@ -198,6 +203,21 @@ def select_dataset(data_dir: Path, mode: str, allow_partial: bool = False) -> li
     for lr, hr in present:
         _check_pair(lr, hr)
     return present
+
+
+LR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def select_lr_only(lr_dir: Path) -> list[tuple[Path, None]]:
+    """(LR, None) for every image of `lr_dir`, in name order: LR-only mode has no reference to score against."""
+    if not lr_dir.is_dir():
+        raise UserError(f"{lr_dir}: no such folder; point --lr_dir at a folder of LR images")
+    images = sorted(p for p in lr_dir.iterdir() if p.suffix.lower() in LR_SUFFIXES and p.is_file())
+    if not images:
+        raise UserError(
+            f"{lr_dir}: no images ({', '.join(LR_SUFFIXES)}); point --lr_dir at a folder of LR images"
+        )
+    return [(image, None) for image in images]
 
 
 def select_benchmark(benchmark_dir: Path) -> dict[str, list[tuple[Path, Path]]]:
@@ -291,7 +311,8 @@ def run(
     out_dir = save_dir / selected.name / mode
     for lr_path, hr_path in pairs:
         _check_runnable(selected.runner, lr_path)
-        _check_measurable(hr_path, with_ssim)
+        if hr_path is not None:  # None: LR-only mode, timed without a reference
+            _check_measurable(hr_path, with_ssim)
     # the network alone is timed, as the kit times it; its output is checked right after, outside the timing
     network = getattr(selected.runner, "raw", selected.runner)
     runtimes, psnrs, ssims = [], [], []
@@ -300,7 +321,7 @@ def run(
         # the kit does not warm up; on a CPU the first call pays for allocations and kernel setup
         forward(network, to_tensor(read_rgb(pairs[0][0])).to(device), args.tile, selected.overlap)
     for lr_path, hr_path in tqdm(pairs, desc=f"{mode:>12s}", unit="img", file=sys.stderr, leave=False):
-        lr, hr = _load_pair(lr_path, hr_path)
+        lr, hr = _load_pair(lr_path, hr_path) if hr_path is not None else (read_rgb(lr_path), None)
         lr_tensor = to_tensor(lr).to(device)
         with memory:
             sr, ms = timed_ms(lambda x=lr_tensor: forward(network, x, args.tile, selected.overlap), device)
@@ -313,25 +334,26 @@ def run(
             ) from None
         sr = to_uint8(sr)
         runtimes.append(ms)
-        psnrs.append(psnr_fn(sr, hr, border=BORDER))
-        if with_ssim:
-            ssims.append(ssim_fn(sr, hr, border=BORDER))
-        write_rgb(out_dir / lr_path.name, sr)
+        if hr is not None:
+            psnrs.append(psnr_fn(sr, hr, border=BORDER))
+            if with_ssim:
+                ssims.append(ssim_fn(sr, hr, border=BORDER))
+        write_rgb(out_dir / f"{lr_path.stem}.png", sr)
     results = {
         f"{mode}_runtime": runtimes,
-        f"{mode}_psnr": psnrs,
         f"{mode}_memory": memory.peak_mb,
         f"{mode}_ave_runtime": float(np.mean(runtimes)),
-        f"{mode}_ave_psnr": float(np.mean(psnrs)),
         f"{mode}_num_images": len(pairs),
     }
-    if with_ssim:
-        results[f"{mode}_ssim"] = ssims
-        results[f"{mode}_ave_ssim"] = float(np.mean(ssims))
-    metric = "PSNR_Y" if y_channel else "PSNR"
-    extra = f", SSIM{'_Y' if y_channel else ''} {results[f'{mode}_ave_ssim']:.4f}" if with_ssim else ""
+    scores = ""
+    if psnrs:
+        results[f"{mode}_psnr"], results[f"{mode}_ave_psnr"] = psnrs, float(np.mean(psnrs))
+        scores = f", {'PSNR_Y' if y_channel else 'PSNR'} {results[f'{mode}_ave_psnr']:.2f} dB"
+    if ssims:
+        results[f"{mode}_ssim"], results[f"{mode}_ave_ssim"] = ssims, float(np.mean(ssims))
+        scores += f", SSIM{'_Y' if y_channel else ''} {results[f'{mode}_ave_ssim']:.4f}"
     log.info(
-        f"{mode:>12s}: {len(pairs)} image{'s' * (len(pairs) != 1)}, {metric} {results[f'{mode}_ave_psnr']:.2f} dB{extra}, "
+        f"{mode:>12s}: {len(pairs)} image{'s' * (len(pairs) != 1)}{scores}, "
         f"{results[f'{mode}_ave_runtime']:.2f} ms/img, memory {memory.peak_mb:.2f} MB"
     )
     return results
@@ -485,8 +507,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="evaluate the images present when a set is incomplete (averages then not comparable)",
     )
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--benchmark_dir", type=Path, help="paper-table mode: Set5/, Set14/, B100/ ... (Y channel)"
+    )
+    mode.add_argument(
+        "--lr_dir",
+        type=Path,
+        help="LR-only mode: runtime, memory and SR images of a folder of LR images, no PSNR",
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a CUDA GPU when there is one"
@@ -499,6 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "kernels, CPU), cuda_graph (the module replayed as one CUDA graph), onnxruntime (default: auto)",
     )
     p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help=PRECISION_HELP)
+    p.add_argument("--onnx_path", type=Path, help=ONNX_PATH_HELP)
     p.add_argument("--tile", type=int, help="run in LR tiles of this size (for large inputs)")
     p.add_argument(
         "--tile_overlap",
@@ -577,6 +606,20 @@ def run_benchmark(
     }
 
 
+def run_lr_only(
+    selected: Selected, datasets: dict, device: torch.device, args: argparse.Namespace, info: dict
+) -> dict:
+    """LR-only mode: runtime and memory per image, no reference; the entry's `lr_only` part."""
+    ((name, pairs),) = datasets.items()
+    r = run(selected, pairs, name, device, args, args.save_dir)
+    return {
+        "lr_only": {
+            "lr_dir": str(args.lr_dir), "num_images": len(pairs), "ave_runtime": r[f"{name}_ave_runtime"],
+            "runtime_per_image": r[f"{name}_runtime"], "memory": r[f"{name}_memory"], **info,
+        }
+    }  # fmt: skip
+
+
 def run_challenge(
     selected: Selected, datasets: dict, device: torch.device, args: argparse.Namespace, info: dict
 ) -> dict:
@@ -599,7 +642,13 @@ def _report(selected: Selected, results: dict, args: argparse.Namespace, device:
     log.info("")
     log_complexity(entry)
     log.info(f"{'Memory':>16s} : {PeakMemory(device).label}")
-    if args.benchmark_dir is not None:
+    if args.lr_dir is not None:
+        part = entry["lr_only"]
+        log.info(
+            f"\n{selected.name}: {part['num_images']} LR images of {args.lr_dir}, {part['ave_runtime']:.2f} ms/img, "
+            f"memory {part['memory']:.2f} MB (LR only: no PSNR)"
+        )
+    elif args.benchmark_dir is not None:
         log.info(
             f"\n{selected.name}: PSNR / SSIM on the Y channel (BT.601), border {BORDER}, uint8 outputs\n"
             + benchmark_table(entry["benchmark"])
@@ -620,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     selected = select_model(args, device)
     if args.benchmark_dir is not None:
         datasets = select_benchmark(args.benchmark_dir)
+    elif args.lr_dir is not None:
+        datasets = {args.lr_dir.name or "lr_only": select_lr_only(args.lr_dir)}
     else:
         modes = ["valid"] + (["hybrid_test"] if args.hybrid_test else ["test"] if args.include_test else [])
         datasets = {mode: select_dataset(args.data_dir, mode, args.allow_partial) for mode in modes}
@@ -637,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.benchmark_dir is not None:  # a benchmark run adds its part to the entry
         entry, keep = run_benchmark(selected, datasets, device, args, info), None
+    elif args.lr_dir is not None:  # so does an LR-only run
+        entry, keep = run_lr_only(selected, datasets, device, args, info), None
     else:  # a challenge run replaces the entry's challenge part and keeps its benchmark part
         entry, keep = run_challenge(selected, datasets, device, args, info), ("benchmark", "benchmark_info")
     entry.update(complexity(selected))

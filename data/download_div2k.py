@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError, run_cli
-from utils.files.download import decode_all, download_file, extract_zip, png_bound
+from utils.files.download import (
+    NetworkError,
+    created_folders_removed_on_error,
+    decode_all,
+    download_file,
+    extract_zip,
+    png_bound,
+)
 from utils.files.lock import one_writer
 
 OFFICIAL_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
@@ -31,6 +38,10 @@ SCALE = 4
 # SHA-256 of the official zips, to be filled in once known from a trusted download; empty means "not checked".
 KNOWN_ZIP_SHA256: dict[str, str] = {}
 
+OFFLINE = (
+    "test_demo.py measures any folder in DIV2K layout (--data_dir: DIV2K_valid_HR/0801.png, DIV2K_valid_LR/0801x4.png"
+    ", ...) or a folder of LR images alone (--lr_dir)"
+)
 HR_MAX_SIDE = 2040  # DIV2K's images are 2040 pixels on their longer side (or less)
 TRAIN_IDS = range(1, 801)
 VALID_IDS = range(801, 901)
@@ -177,8 +188,14 @@ def download_div2k(
 ) -> None:
     """Fetch the requested DIV2K splits into data_dir in the NTIRE kit's layout."""
     data_dir = Path(data_dir)
-    with one_writer(data_dir, "download", "--data_dir"):
-        _download_splits(data_dir, splits, base_url, keep_zips, progress)
+    try:
+        with (
+            created_folders_removed_on_error(data_dir, data_dir / "DIV2K_zips"),
+            one_writer(data_dir, "download", "--data_dir"),
+        ):
+            _download_splits(data_dir, splits, base_url, keep_zips, progress)
+    except NetworkError as err:
+        raise UserError(f"{err}; offline: {OFFLINE}") from None
 
 
 def _download_splits(

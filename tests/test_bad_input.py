@@ -183,6 +183,20 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.png.def456.tmp", "out.png"]
 
 
+def test_a_fresh_temporary_file_of_a_dead_writer_is_removed_and_a_live_ones_kept(tmp_path):
+    """SIGKILL then the same command at once: the dead writer's file (its PID in the name) goes at the next
+    write, whatever its age; a live writer's stays."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    killed = tmp_path / f".out.png.{int(dead.stdout)}-abc123.tmp"
+    live = tmp_path / f".out.png.{os.getppid()}-def456.tmp"
+    killed.write_bytes(b"half an image")
+    live.write_bytes(b"a writer still running")
+    write_bytes_atomic(tmp_path / "out.png", b"the image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.png"]
+
+
 def test_save_dir_naming_a_file_says_so(tiny, tmp_path):
     (tmp_path / "results").write_text("")
     line = _one_line_error(

@@ -4,6 +4,8 @@ weights (no network)."""
 from __future__ import annotations
 
 import importlib.util
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,22 @@ def test_without_weights_the_models_are_randomly_initialized():
     assert model.fused and model.scale == 3
     training = hub_load("lkdn", fused=False)
     assert not training.fused and (training.num_feat, training.num_blocks) == (56, 8)
+
+
+def test_readme_hub_calls_run_as_written(reference_dir, tmp_path, monkeypatch):
+    """Every torch.hub.load call in README, with the repository's path and the files it names put in place."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### torch.hub", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    prose = readme.split("### torch.hub", 1)[1].split("```", 2)[2].split("\n## ", 1)[0]
+    inline = [f"model = {call}" for call in re.findall(r"`(torch\.hub\.load\([^`]*\))`", prose)]
+    inline += [f'model = torch.hub.load("path/to/LKDN", "lkdn_s", source="local", {flag})'
+               for flag in re.findall(r"`(\w+=\w+)`", prose)]  # fmt: skip
+    shutil.copy(reference_dir / "LKDN_x4.pth", tmp_path / "LKDN_x4.pth")
+    shutil.copy(BUNDLED_CHECKPOINT, tmp_path / "my_checkpoint.pth")
+    shutil.copy(BUNDLED_CHECKPOINT, tmp_path / "any.pth")
+    monkeypatch.chdir(tmp_path)
+    code = (block + "\n" + "\n".join(inline)).replace("path/to/LKDN", str(ROOT))
+    namespace = {"lr": torch.rand(1, 3, 16, 16)}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (README's own example code)
+    assert "fused=False" in code and "pretrained=False" in code and "from_checkpoint" in code
+    assert namespace["sr"].shape == (1, 3, 64, 64)

@@ -163,3 +163,41 @@ def test_cli_in_process_writes_a_verified_file(small_model, tmp_path, capsys):
     x = torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         np.testing.assert_allclose(run_onnx(str(out), x), small_model(x).numpy(), atol=ATOL, rtol=0)
+
+
+def test_the_backend_exports_once_per_weights_and_reuses_the_cache(
+    small_model, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("LKDN_KERNEL_CACHE", str(tmp_path))
+    make_runner(small_model, "cpu", "onnxruntime")
+    (cached,) = (tmp_path / "onnx").glob("*.onnx")
+    assert "exporting and verifying the ONNX graph" in capsys.readouterr().err
+    stamp = cached.stat().st_mtime_ns
+    make_runner(small_model, "cpu", "onnxruntime")  # the cache: no second export
+    assert cached.stat().st_mtime_ns == stamp and "exporting" not in capsys.readouterr().err
+    other = perturbed(LKDN(num_feat=12, num_blocks=2, scale=4, fused=True), seed=6)
+    assert onnx_export.weights_digest(other) != onnx_export.weights_digest(small_model)
+    cached.write_bytes(b"damaged")  # a damaged cache file is exported again, not an error
+    x = torch.rand(1, 3, 9, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            make_runner(small_model, "cpu", "onnxruntime")(x), small_model(x), atol=ATOL, rtol=0
+        )
+
+
+def test_the_command_lines_run_an_exported_file(exported, small_model, tmp_path):
+    import cv2
+
+    from utils.files.checkpoint import save_weights
+
+    weights = tmp_path / "small.pth"
+    save_weights(small_model.state_dict(), weights, small_model.config())
+    onnx_file = save_onnx(exported, tmp_path / "small.onnx")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((12, 14, 3), np.uint8))
+    done = subprocess.run(
+        [sys.executable, "inference.py", "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model_path",
+         str(weights), "--backend", "onnxruntime", "--onnx_path", str(onnx_file)], cwd=ROOT, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "backend onnxruntime (small.onnx)" in done.stdout

@@ -72,6 +72,7 @@ APPLIED: dict[str, tuple[list[str], Callable[[Trainer], bool]]] = {
     "seed": (["--seed", "7"], lambda t: _data(t).dataset.seed == 7),
     "loss": (["--loss", "l2"], lambda t: isinstance(t.loss_fn, nn.MSELoss)),
     "ema_decay": (["--ema_decay", "0.5"], lambda t: t.ema.decay == 0.5),
+    "ema_warmup": (["--ema_warmup", "false"], lambda t: t.ema.decay_at(4) == 0.999),
     "precision": (["--precision", "bf16"], lambda t: t.config.precision == "bf16"),  # read by every step
     "channels_last": (["--channels_last", "false"], lambda t: t.memory_format == torch.contiguous_format),
     "online_fusion": (["--online_fusion", "false"], lambda t: t.model.online_fusion is False),

@@ -459,7 +459,9 @@ def test_both_stages_on_real_images_then_test_demo_evaluates(train_data_dir, ben
     )
     assert finetune.returncode == 0, finetune.stderr
     log = (finetune_dir / "train.log").read_text()
-    assert "initialised from" in log and "validation at 2, PSNR_Y of the EMA weights: Set5" in log
+    assert (
+        "initialised from" in log and "validation at 2, PSNR_Y of the EMA weights (decay 0.1818): Set5" in log
+    )
     fused = finetune_dir / "models" / "fused.pth"
     assert fused.is_file()
     (tmp_path / "bench").mkdir()

@@ -254,7 +254,8 @@ def whole_lr_at(config: TrainConfig, iteration: int) -> float:
 def test_a_network_the_machine_cannot_hold_is_refused_before_anything_is_allocated(tmp_path, capsys):
     started = time.monotonic()
     run = tmp_path / "run"
-    err = _cli_error(["--num_feat", "100000", "--val_dirs", "--run_dir", str(run)], capsys)
+    err = _cli_error(["--num_feat", "100000", "--val_dirs", "--train_sources", str(tmp_path), "--run_dir", str(run)],
+                     capsys)  # fmt: skip
     assert "one training step of this configuration needs about" in err and "even batch 1 does not fit" in err
     assert "--num_feat" in err and time.monotonic() - started < 30
     assert not run.exists()  # a refused start leaves no folder behind

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,70 +37,108 @@ NonNegative = Annotated[int, Field(ge=0)]
 
 
 class TrainConfig(BaseModel):
-    """Every knob of a run. The defaults here are the factsheet's stage 1; the YAML files restate them."""
+    """Every knob of a run. The defaults here are the factsheet's stage 1; the YAML files restate them. Each
+    field's docstring is its `--help` text."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
     name: Annotated[str, Field(min_length=1)] = "LKDN-S_x4_scratch"
+    """the run's name; its folder is experiments/<name> unless --run_dir says otherwise"""
     stage: Literal["scratch", "finetune"] = "scratch"
-    run_dir: str = ""  # default: experiments/<name>
+    """the recipe stage (chosen by --stage)"""
+    run_dir: str = ""
+    """the run folder (empty: experiments/<name>)"""
     # network
     num_feat: Positive = 42
+    """channels (LKDN-S: 42, LKDN: 56)"""
     num_blocks: Positive = 5
+    """LKDB blocks (LKDN-S: 5, LKDN: 8)"""
     scale: Annotated[int, Field(ge=2, le=4)] = 4
+    """upscaling factor"""
     attention: Attention = "lka"
+    """the blocks' attention: lka (the paper), esa_cca, or none (ablations)"""
     shallow: ShallowBlock = "rbsb"
+    """the blocks' shallow feature step: rbsb (re-parameterizable, the paper), bsconv, bsconv_shortcut"""
     online_fusion: StrictBool = True
-    channels_last: StrictBool = (
-        True  # NHWC activations: faster depthwise convs on CPUs and tensor cores on GPUs
-    )
-    init_from: str = ""  # weights to start from (params_ema preferred); stage 2 starts from stage 1's
+    """each step fuses the re-parameterizable branches into one conv (same outputs and gradients, faster)"""
+    channels_last: StrictBool = True
+    """NHWC activations: faster depthwise convs on CPUs and tensor cores on GPUs"""
+    init_from: str = ""
+    """weights to start a new run from (params_ema preferred); stage 2 starts from stage 1's"""
     # data
     train_sources: Annotated[list[str], Field(min_length=1)] = [
         "data/DIV2K_train_HR",
         "data/LSDIR_first2000.txt",
     ]
+    """HR training images: folders, or .txt lists of paths (relative to the list's folder)"""
     cache_dir: str = "data/cache"
+    """where LR images made from HR ones are cached"""
     lr_patch: Positive = 64
+    """LR patch side (the HR patch is scale times larger)"""
     batch_size: Positive = 128
+    """patches per step, over all processes"""
     augment: StrictBool = True
+    """random flips and 90-degree rotations"""
     in_memory: StrictBool = False
-    num_workers: NonNegative = 4
-    max_bad_images: Annotated[float, Field(ge=0, lt=1)] = (
-        0.01  # unreadable training images tolerated (fraction)
-    )
+    """decode every training image once and keep it in memory"""
+    num_workers: NonNegative | Literal["auto"] = "auto"
+    """DataLoader worker processes (auto: min(4, CPU cores); 0 loads in the main process)"""
+    max_bad_images: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    """fraction of unreadable training images tolerated (skipped and logged) before the run stops"""
     # optimisation
     loss: Literal["l1", "l2"] = "l1"
+    """pixel loss"""
     optimizer: Literal["adam", "adan"] = "adam"
+    """optimizer (Adan from pytorch-optimizer takes three betas)"""
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    """base learning rate (finite, positive)"""
     betas: list[Annotated[float, Field(ge=0, lt=1)]] = [0.9, 0.99]
+    """optimizer betas (two for Adam, three for Adan)"""
     eps: Annotated[float, Field(gt=0)] = 1e-8
+    """optimizer epsilon"""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """optimizer weight decay"""
     scheduler: Literal["constant", "cosine", "multistep"] = "constant"
+    """learning-rate schedule after the warm-up"""
     warmup_iters: NonNegative = 0
-    min_lr: Annotated[float, Field(ge=0)] = 1e-7  # cosine floor
-    milestones: list[Positive] = []  # multistep
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.5  # multistep
+    """linear learning-rate warm-up, in iterations"""
+    min_lr: Annotated[float, Field(ge=0)] = 1e-7
+    """the cosine schedule's floor"""
+    milestones: list[Positive] = []
+    """multistep: iterations where the rate is multiplied by gamma"""
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """multistep: the factor at each milestone"""
     total_iters: Positive = 950_000
+    """iterations of the run"""
     ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU or GPU); fp16: + scaler (GPU)
+    """decay of the weights' exponential moving average (params_ema, what is exported and validated)"""
+    ema_warmup: StrictBool = True
+    """EMA decay min(ema_decay, (1 + step) / (10 + step)), so that a short run's EMA is not its initial weights"""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32; bf16: autocast (CPU or GPU); fp16: autocast and a gradient scaler (GPU)"""
     seed: NonNegative = 0
+    """seed of the initial weights and of every training sample"""
     device: Annotated[str, Field(min_length=1)] = "auto"
-    threads: NonNegative = (
-        0  # CPU threads for torch (0 = torch's default); 1 keeps a shared machine responsive
-    )
-    deterministic: StrictBool = (
-        True  # CUDA: cuDNN's deterministic algorithms, so a resumed run ends bit-identical (false: autotuned)
-    )
+    """auto (a GPU when there is one), cpu, cuda or cuda:N"""
+    threads: NonNegative = 0
+    """CPU threads for torch (0: torch's default); 1 keeps a shared machine responsive"""
+    deterministic: StrictBool = True
+    """CUDA: cuDNN's deterministic algorithms, so a resumed run ends bit-identical (false: autotuned, faster)"""
     # bookkeeping
-    val_dirs: list[str] = ["data"]  # DIV2K layout (data/DIV2K_valid_HR, _LR) or benchmark folders
+    val_dirs: list[str] = ["data"]
+    """validation sets: a folder in DIV2K layout (DIV2K_valid_HR, _LR) or benchmark folders (HR, LR_bicubic_x4)"""
     val_every: Positive = 5000
+    """validate (PSNR_Y of the EMA weights) every this many iterations"""
     save_every: Positive = 5000
+    """save the weights and training state every this many iterations"""
     keep_last: Positive = 3
+    """training states and numbered weights kept"""
     log_every: Positive = 100
-    max_minutes: Annotated[float, Field(ge=0)] = (
-        0.0  # stop (and save) after this much wall time; 0 = no limit
-    )
+    """log the mean loss every this many iterations"""
+    max_minutes: Annotated[float, Field(ge=0)] = 0.0
+    """stop (and save) after this much wall time; 0: no limit"""
 
     @field_validator("milestones")
     @classmethod
@@ -114,6 +153,11 @@ class TrainConfig(BaseModel):
         if len(self.betas) != wanted:
             raise ValueError(f"betas: {self.optimizer} takes {wanted} betas, not {self.betas}")
         return self
+
+    @property
+    def workers(self) -> int:
+        """num_workers resolved: `auto` is min(4, the CPU cores), so a small machine gets no worker warning."""
+        return min(4, os.cpu_count() or 1) if self.num_workers == "auto" else self.num_workers
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -188,6 +232,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--field` flag per TrainConfig field (lists take several values, booleans true/false). Values stay
     text: TrainConfig validates them with the same rules as a YAML file's."""
     group = parser.add_argument_group("configuration overrides (defaults from the stage's YAML file)")
+    stage_defaults = {stage: load_config(default_config_path(stage)).to_dict() for stage in STAGES}
     for name, field in TrainConfig.model_fields.items():
         if name == "stage":  # chosen by --stage, which picks the YAML file
             continue
@@ -196,8 +241,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         parse = _parse_bool if annotation is bool else str
         metavar = "BOOL" if annotation is bool else name.upper()
         group.add_argument(
-            f"--{name}", type=parse, nargs="*" if is_list else None, default=None, metavar=metavar
-        )
+            f"--{name}", type=parse, nargs="*" if is_list else None, default=None, metavar=metavar,
+            help=f"{field.description} ({_defaults_text([stage_defaults[stage][name] for stage in STAGES])})",
+        )  # fmt: skip
+
+
+def _defaults_text(values: list[object]) -> str:
+    """'default 1e-3', or 'default 64 (scratch), 120 (finetune)' where the stages differ."""
+
+    def shown(value: object) -> str:
+        if isinstance(value, list):
+            return " ".join(map(str, value)) or "none"
+        return str(value) if value != "" else "none"
+
+    if all(value == values[0] for value in values):
+        return f"default {shown(values[0])}"
+    return "default " + ", ".join(
+        f"{shown(value)} ({stage})" for value, stage in zip(values, STAGES, strict=True)
+    )
 
 
 def default_config_path(stage: str) -> Path:

@@ -21,7 +21,9 @@ from utils.files.atomic_write import write_bytes_atomic
 
 # the lines train/trainer.py logs (factsheet/training_log.py reads them too, after their time stamps)
 STEP_LINE = r"iter (?P<iter>\d+) loss (?P<loss>[-+0-9.eE]+|nan|inf) lr (?P<lr>[-+0-9.eE]+|nan|inf)"
-VALIDATION_LINE = r"validation at (?P<iter>\d+), PSNR_Y of the EMA weights: (?P<scores>.*)$"
+VALIDATION_LINE = (
+    r"validation at (?P<iter>\d+), PSNR_Y of the EMA weights(?: \(decay [^)]*\))?: (?P<scores>.*)$"
+)
 _STEP = re.compile(r"\b" + STEP_LINE)
 _VALIDATION = re.compile(r"\b" + VALIDATION_LINE)
 _SCORE = re.compile(r"([^,]+?) ([\d.]+)(?: \(best\))?(?:,|$)")

@@ -41,7 +41,7 @@ def step_bytes(config: TrainConfig, batch: int | None = None, lr_patch: int | No
     lr_patch = config.lr_patch if lr_patch is None else lr_patch
     per_pixel = MAPS_PER_BLOCK * config.num_feat * config.num_blocks + TAIL_FLOATS
     activations = 4 * batch * lr_patch**2 * per_pixel
-    return 4 * PARAM_COPIES * parameter_count(config) + activations + config.num_workers * WORKER_BYTES
+    return 4 * PARAM_COPIES * parameter_count(config) + activations + config.workers * WORKER_BYTES
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -114,8 +114,10 @@ def _load(path: Path) -> dict:
         ) from None
 
 
-def export_fused(model: LKDN, run_dir: Path) -> list[Path]:
-    """The fused inference form of `model`, in the format of model_zoo/: models/fused.pth and
-    models/fused.safetensors, each declaring the network."""
+def export_fused(model: LKDN, run_dir: Path, stem: str = "fused") -> list[Path]:
+    """The fused inference form of `model`, in the format of model_zoo/: models/<stem>.pth and
+    models/<stem>.safetensors, each declaring the network."""
     fused = fuse_model(model)
-    return [save_weights(fused, run_dir / "models" / f"fused{suffix}") for suffix in (".pth", ".safetensors")]
+    return [
+        save_weights(fused, run_dir / "models" / f"{stem}{suffix}") for suffix in (".pth", ".safetensors")
+    ]

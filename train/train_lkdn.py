@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start a new run in a folder that holds an earlier run without a state to resume, replacing it",
+        help="start a new run in a folder holding an earlier run's weights but no state to resume, replacing it",
     )
     parser.add_argument(
         "--accept_config_change",
@@ -70,12 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("last", "best"),
         help="only write models/fused.pth from the run's last (default) or best EMA weights, then exit",
     )
+    parser.add_argument(
+        "--export_raw",
+        action="store_true",
+        help="with --export_fused: the raw weights (params) instead of their EMA, to models/fused_raw.pth",
+    )
     add_config_arguments(parser)
     return parser.parse_args(argv)
 
 
-def export_fused(config: TrainConfig, which: str) -> list[Path]:
-    """The fused inference form of a run's last or best EMA weights (train.state.export_fused)."""
+def export_fused(config: TrainConfig, which: str, raw: bool = False) -> list[Path]:
+    """The fused inference form of a run's last or best EMA weights, or raw weights (train.state.export_fused)."""
     run_dir = config.resolved_run_dir
     source = run_dir / "models" / f"{which}.pth"
     if not source.is_file():
@@ -83,12 +88,18 @@ def export_fused(config: TrainConfig, which: str) -> list[Path]:
             f"{source}: the run has no {which} weights yet; train it first, or export the other "
             f"(--export_fused {'best' if which == 'last' else 'last'}), or pass its --run_dir"
         )
-    paths = run_state.export_fused(load_checkpoint(source, build_model(config)), run_dir)
-    print(f"wrote {' and '.join(map(str, paths))} (fused form of {source})")
+    group = "params" if raw else None  # None: params_ema where the file has it
+    model = load_checkpoint(source, build_model(config), group)
+    paths = run_state.export_fused(model, run_dir, "fused_raw" if raw else "fused")
+    print(
+        f"wrote {' and '.join(map(str, paths))} (fused form of {source}, {'raw' if raw else 'EMA'} weights)"
+    )
     return paths
 
 
-COMMAND_FLAGS = ("stage", "config", "resume", "restart", "overwrite", "export_fused", "accept_config_change")
+COMMAND_FLAGS = (
+    "stage", "config", "resume", "restart", "overwrite", "export_fused", "export_raw", "accept_config_change",
+)  # fmt: skip
 
 
 def resumed_config(
@@ -98,7 +109,8 @@ def resumed_config(
     reference: flags (and a --config file, when given) apply on top; a change of the recipe is refused
     unless --accept_config_change."""
     source = run_state.state_path(run_dir, iteration)
-    saved = validated(run_state.saved_config(run_dir, iteration), source)
+    # a run saved before EMA warm-up existed ran without it: resuming must not switch it on silently
+    saved = validated({"ema_warmup": False, **run_state.saved_config(run_dir, iteration)}, source)
     if args.config is not None:
         now = load_config(args.config, overrides)
     else:
@@ -137,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     if config.stage != stage and args.config is None:
         raise UserError(f"{config_path}: says stage {config.stage!r}, but --stage is {stage!r}; fix the file")
     run_dir = config.resolved_run_dir
-    created = not run_dir.exists()
+    missing = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+    created = missing[-1] if missing else None  # the outermost folder this run would create
     started: list[Trainer] = []
     try:
         with run_folder_lock(run_dir):
             return _in_run_folder(args, config, overrides, started)
     except BaseException:
-        if created and not started:  # refused before training began: no folder left behind
+        if created is not None and not started:  # refused before training began: no folder left behind
             shutil.rmtree(run_dir, ignore_errors=True)
+            for parent in run_dir.parents[: len(missing) - 1]:  # the folders created above it, if still empty
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
         raise
 
 
@@ -164,7 +180,7 @@ def _in_run_folder(
     if args.export_fused:
         if saved.is_file() and args.config is None:  # export what the run trained, not the stage defaults
             config = load_config(saved, overrides)
-        export_fused(config, args.export_fused)
+        export_fused(config, args.export_fused, args.export_raw)
         return 0
     found = latest_resumable(run_dir)
     if args.resume and found is None:
@@ -184,8 +200,8 @@ def _in_run_folder(
                 "again; a larger --total_iters with --accept_config_change trains on)"
             )
             return 0
-    elif args.overwrite:
-        _clear_run(run_dir)
+    elif args.overwrite or not (run_dir / "models" / "last.pth").exists():
+        _clear_run(run_dir)  # --overwrite; or what a run stopped before its first save left (no weights)
     else:
         _refuse_to_overwrite(run_dir)
     trainer = Trainer(config, resume=not args.restart, changes=changes)
@@ -203,6 +219,8 @@ def _run_files(run_dir: Path) -> list[str]:
 
 
 def _refuse_to_overwrite(run_dir: Path) -> None:
+    """A folder whose run saved weights (models/last.pth) but holds no state to resume: a finished run whose
+    states were not kept, a committed one, another tool's. A new run there would destroy it."""
     found = _run_files(run_dir)
     if found:
         raise UserError(

@@ -49,12 +49,18 @@ from train.preflight import check_memory
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.files.atomic_write import write_text_atomic
-from utils.files.checkpoint import load_checkpoint, load_state, save_weights
+from utils.files.checkpoint import load_checkpoint, load_state, read_checkpoint, save_weights
 from utils.files.image_io import to_tensor, to_uint8
 from utils.files.yaml_file import yaml_text
 from utils.measure.metrics import psnr_y
 
 log = logging.getLogger("lkdn.train")
+DOWNLOAD_HINTS = {
+    "valid": "python -m data.download_div2k --data_dir data/",
+    "train": "python -m data.download_div2k --data_dir data/ --splits train and python -m data.download_lsdir "
+    "--data_dir data/",
+}
+GROUP_WORDS = {"params_ema": "params_ema: the EMA weights", "params": "params: the raw weights"}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -224,7 +230,7 @@ class Trainer:
         self._check_inputs(from_init=resume_at is None)
         check_memory(config, self.device)  # before the network and its optimizer are allocated
         self.model = self._model(from_init=resume_at is None)
-        self.ema = EMA(self.model, config.ema_decay)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
         self.optimizer = build_optimizer(self.model.parameters(), config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
@@ -255,7 +261,16 @@ class Trainer:
         checked before the first step, not at the first validation hours later."""
         config = self.config
         for folder in config.val_dirs:
-            ValidationSet(Path(folder), config.scale)
+            try:
+                ValidationSet(Path(folder), config.scale)
+            except UserError as err:
+                raise UserError(f"{err} (--val_dirs; DIV2K valid: {DOWNLOAD_HINTS['valid']})") from None
+        for source in config.train_sources:
+            if not Path(source).exists():
+                raise UserError(
+                    f"{source}: no such folder or file list; pass --train_sources (the recipe's data: "
+                    f"{DOWNLOAD_HINTS['train']}; or any folders of HR images)"
+                )
         if from_init and config.init_from and not Path(config.init_from).is_file():
             raise UserError(
                 f"{config.init_from}: the init_from checkpoint does not exist; finish stage 1 first "
@@ -268,7 +283,8 @@ class Trainer:
         model = build_model(config)
         if from_init and config.init_from:
             load_checkpoint(config.init_from, model)  # refuses non-finite weights, naming the tensor
-            log.info("initialised from %s", config.init_from)
+            group = read_checkpoint(config.init_from).group
+            log.info("initialised from %s (%s)", config.init_from, GROUP_WORDS.get(group, "its weights"))
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
         if self.device.type == "cpu":  # CPU-only speed-ups that change no number
@@ -386,10 +402,10 @@ class Trainer:
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            num_workers=config.num_workers,
+            num_workers=config.workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=config.num_workers > 0,
-            worker_init_fn=ignore_stop_signals if config.num_workers > 0 else None,
+            persistent_workers=config.workers > 0,
+            worker_init_fn=ignore_stop_signals if config.workers > 0 else None,
         )
 
     def _reduced(self, loss: torch.Tensor) -> float:
@@ -425,7 +441,8 @@ class Trainer:
             self.best = mean
             save_weights(self._weights(), self.run_dir / "models" / "best.pth", self.model.config())
             text += " (best)"
-        log.info("validation at %d, PSNR_Y of the EMA weights: %s", iteration, text)
+        decay = self.ema.decay_at(iteration - 1)
+        log.info("validation at %d, PSNR_Y of the EMA weights (decay %.4g): %s", iteration, decay, text)
         try:  # the picture of the run so far; a failure to draw it must not end the run
             write_curves([self.run_dir], self.run_dir / "curves.png")
         except Exception as err:  # noqa: BLE001 (matplotlib and font errors have no common base)
@@ -478,7 +495,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.scheduler.last_epoch - 1)  # the global step, 0-based
         return self._reduced(loss)
 
     def _log_progress(self, iteration: int, window: list[float], writer) -> None:

@@ -7,6 +7,7 @@ import errno
 import glob
 import io
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     the disk is full: nothing after it can be written either).
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = (
+        path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
+    )  # the writer's PID: see below
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(path)
@@ -53,6 +56,21 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 
 STALE_SECONDS = 600  # a temporary file this old belongs to a writer that was killed, not to a running one
+_WRITER = re.compile(r"\.(\d+)-[0-9a-f]+\.tmp$")
+
+
+def _abandoned(tmp: Path, cutoff: float) -> bool:
+    """A temporary file whose writer is gone: its PID (in the name) runs no process, or it is older than
+    STALE_SECONDS (a name without a PID, or a PID reused since)."""
+    found = _WRITER.search(tmp.name)
+    if found and int(found[1]) != os.getpid():
+        try:
+            os.kill(int(found[1]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            pass
+    return tmp.stat().st_mtime < cutoff
 
 
 def _remove_abandoned(path: Path) -> None:
@@ -60,7 +78,7 @@ def _remove_abandoned(path: Path) -> None:
     cutoff = time.time() - STALE_SECONDS
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(OSError):  # another writer may remove it first
-            if tmp.stat().st_mtime < cutoff:
+            if _abandoned(tmp, cutoff):
                 tmp.unlink()
 
 

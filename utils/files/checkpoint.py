@@ -47,6 +47,9 @@ class Checkpoint:
     path: Path
     state: dict[str, Tensor]
     config: dict | None
+    group: str | None = (
+        None  # the wrapping key the tensors came from (params_ema, params, ...), None if plain
+    )
 
 
 def _read_object(path: Path) -> tuple[object, dict | None]:
@@ -91,7 +94,7 @@ def _declaration(path: Path, declared: object) -> dict | None:
     return dict(declared)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, group: str | None = None) -> Checkpoint:
     """The network weights stored in `path`, whatever the wrapping, and its declared identity; UserError if it
     is no checkpoint or holds tensors no network should run with (non-floating, NaN, Inf)."""
     path = Path(path)
@@ -99,10 +102,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if isinstance(obj, dict) and CONFIG_KEY in obj:
         declared = obj[CONFIG_KEY]
         obj = {key: value for key, value in obj.items() if key != CONFIG_KEY}
+    found = None
+    if group is not None and not (isinstance(obj, dict) and isinstance(obj.get(group), dict)):
+        raise UserError(f"{path}: holds no {group!r} weights; pass a BasicSR-style checkpoint that has them")
     if isinstance(obj, dict):
-        for key in PREFERRED_KEYS:
+        for key in (group,) if group else PREFERRED_KEYS:
             if isinstance(obj.get(key), dict):
-                obj = obj[key]
+                obj, found = obj[key], key
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{path}: holds no state dict of tensors; pass an LKDN checkpoint (.pth)")
@@ -119,7 +125,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 "garbage image; use a checkpoint saved before training diverged"
             )
     state = {key.removeprefix("module."): value for key, value in obj.items()}
-    return Checkpoint(path, state, _declaration(path, declared))
+    return Checkpoint(path, state, _declaration(path, declared), found)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -212,11 +218,12 @@ def _first_mismatch(state: dict[str, Tensor], model: LKDN) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | Path, model: LKDN) -> LKDN:
+def load_checkpoint(path: str | Path, model: LKDN, group: str | None = None) -> LKDN:
     """Load `path` into `model` in place (strict) and return it. The file's network must be `model`'s (the
     form aside): a training-form file loads into a fused model by fusing, a fused one into a training-form
-    model by the exact inverse."""
-    checkpoint = read_checkpoint(path)
+    model by the exact inverse. `group`: which weights of a BasicSR-style file (default params_ema, else
+    params)."""
+    checkpoint = read_checkpoint(path, group)
     return _load(model, checkpoint, identify(checkpoint))
 
 

@@ -7,6 +7,7 @@ takes its final name, and an archive must never leave a half-extracted folder th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,6 +34,24 @@ RATE_WINDOW = 60.0  # seconds
 DEADLINE = 24 * 3600.0  # seconds one transfer may take at most, however steadily it crawls
 MAX_MEMBER_BYTES = 256 << 20  # no image of a dataset here comes near it; a larger member is not what we want
 MAX_DOWNLOAD_BYTES = 64 << 30  # a transfer that has not said its size stops here at the latest
+
+
+class NetworkError(UserError):
+    """The server could not be reached or the transfer broke off (re-running resumes)."""
+
+
+@contextlib.contextmanager
+def created_folders_removed_on_error(*folders: Path) -> Iterator[None]:
+    """On an error in the block, remove those of `folders` that did not exist before it and are empty after it
+    (deepest first): a failed download leaves no empty folders behind."""
+    new = [Path(folder) for folder in folders if not Path(folder).exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=lambda f: len(f.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty, or already gone: leave it
+                folder.rmdir()
+        raise
 
 
 def png_bound(width: int, height: int, channels: int = 3) -> int:
@@ -228,10 +247,10 @@ def _fetch(
                 "command to resume"
             ) from None
         if not have:
-            raise UserError(
+            raise NetworkError(
                 f"{url}: cannot download ({err}); check the network connection and re-run"
             ) from None
-        raise UserError(
+        raise NetworkError(
             f"{url}: download failed after {have} bytes ({err}); re-run the same command to resume"
         ) from None
     got = part.stat().st_size

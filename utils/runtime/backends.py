@@ -42,6 +42,10 @@ from torch import Tensor
 from models import LKDN
 from utils.device import cuda_float32
 
+ONNX_PATH_HELP = (
+    "with --backend onnxruntime: an exported .onnx of these weights (checked against them); default: the graph "
+    "exported once per weights and cached"
+)
 BACKENDS = ("auto", "reference", "fast", "native", "cuda_graph", "onnxruntime")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -213,11 +217,19 @@ def _build(backend: str, model: LKDN, device: torch.device, precision: str, onnx
 
 
 def _onnx_runner(model: LKDN, device: torch.device, onnx_path: str | Path | None) -> OnnxRunner:
-    from utils.runtime.onnx_export import export_onnx, ort_session, verify_onnx
+    """An exported file (`onnx_path`), or this model's graph from the cache (exported and verified once per
+    weights: `onnx_export.cached_onnx`); either is checked against the model on one small input."""
+    from utils.runtime.onnx_export import cached_onnx, ort_session, verify_onnx
 
     if onnx_path is None:
-        data, _ = export_onnx(model)
-        return OnnxRunner(ort_session(data, device), device)
+        cached = cached_onnx(model)
+        try:
+            session = ort_session(cached, device)
+            verify_onnx(session, model, shapes=((1, 3, 16, 24),))
+        except Exception:  # noqa: BLE001 (a damaged cache file, whatever the error: export it again)
+            cached.unlink(missing_ok=True)
+            session = ort_session(cached_onnx(model), device)
+        return OnnxRunner(session, device)
     try:
         session = ort_session(onnx_path, device)
     except Exception as err:  # onnxruntime's errors have no common base class

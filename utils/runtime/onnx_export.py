@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -156,6 +158,31 @@ def export_onnx(model: LKDN, atol: float = VERIFY_ATOL) -> tuple[bytes, float]:
     reference = _cpu_float32(model)
     data = build_onnx(reference).SerializeToString()
     return data, verify_onnx(ort_session(data), reference, atol=atol)
+
+
+def weights_digest(model: LKDN) -> str:
+    """SHA-256 of what the exported graph depends on: the network's identity, every tensor's name, dtype, shape
+    and bytes, the opset and the exporter's (torch's) version."""
+    digest = hashlib.sha256(json.dumps([model.config(), OPSET, torch.__version__], sort_keys=True).encode())
+    for name, tensor in _cpu_float32(model).state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_onnx(model: LKDN, cache: Path | None = None) -> Path:
+    """The verified .onnx of the fused `model`, exported (about 10 s) once per weights and then reused from
+    `cache` (default ~/.cache/lkdn/onnx, or $LKDN_KERNEL_CACHE/onnx), keyed by `weights_digest`."""
+    from utils.native.build import cache_dir
+
+    path = (cache or cache_dir() / "onnx") / f"{weights_digest(model)[:32]}.onnx"
+    if not path.is_file():
+        print(
+            f"exporting and verifying the ONNX graph of these weights (once; cached as {path})",
+            file=sys.stderr,
+        )
+        save_onnx(export_onnx(model)[0], path)
+    return path
 
 
 def save_onnx(data: bytes, path: str | Path) -> Path:
