@@ -45,8 +45,7 @@ from utils.runtime.backends import (
     InputTooSmall,
     OutputError,
     Runner,
-    make_runner,
-    probe_runner,
+    runner_for_cli,
 )
 from utils.runtime.tiling import tiled_forward
 
@@ -261,16 +260,7 @@ def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
     path = checkpoint_or_bundled(args.model_path)
     model = build_model_from_checkpoint(path, fused=True)
     device = resolve_device(args.device)
-    try:
-        runner = make_runner(model, device, args.backend, args.precision, args.onnx_path)
-    except ValueError as err:
-        raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
-    try:
-        probe_runner(runner, device)
-    except OutputError as err:
-        raise UserError(
-            f"{path}: {err}; the weights are damaged or diverged: use another checkpoint"
-        ) from None
+    runner = runner_for_cli(model, path, device, args.backend, args.precision, args.onnx_path)
     radius, per_pixel = model.receptive_radius(), bytes_per_lr_pixel(model)
     if radius is not None and args.max_memory < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
         needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)

@@ -51,8 +51,7 @@ from utils.runtime.backends import (
     OutputError,
     Runner,
     check_output,
-    make_runner,
-    probe_runner,
+    runner_for_cli,
 )
 from utils.runtime.tiling import tiled_forward
 
@@ -114,16 +113,7 @@ def select_model(args: argparse.Namespace, device: torch.device) -> Selected:
         raise UserError(
             f"{path}: a x{model.scale} checkpoint; the challenge is x{SCALE}, pass a x{SCALE} one"
         )
-    try:
-        runner = make_runner(model, device, args.backend, args.precision, args.onnx_path)
-    except ValueError as err:
-        raise UserError(f"--backend {args.backend} --precision {args.precision}: {err}") from None
-    try:
-        probe_runner(runner, device)
-    except OutputError as err:
-        raise UserError(
-            f"{path}: {err}; the weights are damaged or diverged: use another checkpoint"
-        ) from None
+    runner = runner_for_cli(model, path, device, args.backend, args.precision, args.onnx_path)
     radius = model.receptive_radius()
     overlap = args.tile_overlap if args.tile_overlap is not None else radius
     if args.tile and overlap is None:

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from models import LKDN
 from utils.device import cuda_float32
+from utils.errors import UserError
 
 ONNX_PATH_HELP = (
     "with --backend onnxruntime: an exported .onnx of these weights (checked against them); default: the graph "
@@ -107,8 +108,9 @@ def check_output(sr: Tensor) -> Tensor:
     """`sr` itself, if every value is finite and within +-PLAUSIBLE_OUTPUT; else OutputError."""
     if sr.numel() == 0:
         return sr
-    peak = sr.detach().abs().amax()
-    if not peak <= PLAUSIBLE_OUTPUT:  # one reduction; NaN fails the comparison too
+    low, high = torch.aminmax(sr.detach())  # one pass, no temporary (abs().amax() took 7x as long)
+    peak = torch.maximum(-low, high)
+    if not peak <= PLAUSIBLE_OUTPUT:  # NaN propagates through aminmax and fails the comparison too
         if not torch.isfinite(peak):
             raise OutputError("the network's output holds NaN or Inf values")
         raise OutputError(f"the network's output reaches {float(peak):.3g}, far outside an image's [0, 1]")
@@ -300,3 +302,21 @@ def probe_runner(runner: Runner, device: torch.device | str, channels: int = 3) 
     side = max(16, getattr(runner, "min_size", 1))
     x = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0))
     runner(x.to(device))
+
+
+def runner_for_cli(
+    model: LKDN, checkpoint: Path, device: torch.device, backend: str, precision: str, onnx_path: Path | None
+) -> CheckedRunner:
+    """make_runner + probe_runner for a command line: what they refuse becomes one line naming the flags, or the
+    weights whose output is no image."""
+    try:
+        runner = make_runner(model, device, backend, precision, onnx_path)
+    except ValueError as err:
+        raise UserError(f"--backend {backend} --precision {precision}: {err}") from None
+    try:
+        probe_runner(runner, device)
+    except OutputError as err:
+        raise UserError(
+            f"{checkpoint}: {err}; the weights are damaged or diverged: use another checkpoint"
+        ) from None
+    return runner
