@@ -36,7 +36,16 @@ ALLOWED = {
         "utils.device",
     },  # fmt: skip
 }
-ENTRY_POINTS = {"inference", "test_demo", "hubconf", "factsheet", "benchmarks", "scripts"}
+ENTRY_POINTS = {
+    "inference",
+    "test_demo",
+    "hubconf",
+    "factsheet",
+    "benchmarks",
+    "scripts",
+    "web",
+    "integrations",
+}
 REPOSITORY = {"models", "utils", "data", "train", *ENTRY_POINTS}
 
 

@@ -1,0 +1,1 @@
+"""LKDN inside other applications' loaders (spandrel, which chaiNNer and ComfyUI use)."""
