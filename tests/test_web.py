@@ -5,10 +5,13 @@ inference.py writes, byte for byte; a bad upload shows the CLI's line. Skips wit
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,29 +103,53 @@ def test_a_bad_upload_shows_the_line_the_cli_gives(browser, page_url, tmp_path):
 
 
 def test_a_second_visitor_waits_in_the_queue(page_url, tmp_path):
-    import json
-    import time
-    import urllib.request
-
-    def post(path: Path) -> dict:
-        request = urllib.request.Request(
-            page_url + "jobs", data=path.read_bytes(), method="POST",
-            headers={"X-File-Name": path.name, "X-Weights": "bundled (team01_LKDN)"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.load(response)
-
     rng = np.random.default_rng(1)
     big, small = tmp_path / "big.png", tmp_path / "small.png"
     cv2.imwrite(str(big), rng.integers(0, 256, (320, 320, 3), dtype=np.uint8))
     cv2.imwrite(str(small), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
-    first, second = post(big), post(small)
+    first, second = _post(page_url, big), _post(page_url, small)
     assert second["state"] == "queued" and second["position"] in (1, 2)
+    assert _wait(page_url, first)["state"] == _wait(page_url, second)["state"] == "done"
+
+
+def _post(url: str, path: Path) -> dict:
+    request = urllib.request.Request(
+        url + "jobs", data=path.read_bytes(), method="POST",
+        headers={"X-File-Name": path.name, "X-Weights": "bundled (team01_LKDN)"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def _wait(url: str, job: dict) -> dict:
     deadline = time.monotonic() + 300
-    states = {}
-    while time.monotonic() < deadline and any(states.get(j["id"]) != "done" for j in (first, second)):
-        for job in (first, second):
-            with urllib.request.urlopen(f"{page_url}jobs/{job['id']}", timeout=60) as response:
-                states[job["id"]] = json.load(response)["state"]
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert set(states.values()) == {"done"}
+        with urllib.request.urlopen(f"{url}jobs/{job['id']}", timeout=60) as response:
+            job = json.load(response)
+    return job
+
+
+def test_every_kind_of_image_gets_what_the_cli_gives(page_url, tmp_path):
+    """16-bit, alpha and grayscale come back as the CLI writes them; a multi-page TIFF gets the CLI's line."""
+    rng = np.random.default_rng(2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "deep.png"), rng.integers(0, 65536, (12, 14, 3), dtype=np.uint16))
+    cv2.imwrite(str(inputs / "alpha.png"), rng.integers(0, 256, (12, 14, 4), dtype=np.uint8))
+    cv2.imwrite(str(inputs / "gray.png"), rng.integers(0, 256, (12, 14), dtype=np.uint8))
+    pages = [rng.integers(0, 256, (12, 14, 3), dtype=np.uint8) for _ in range(2)]
+    assert cv2.imwritemulti(str(inputs / "pages.tiff"), pages)
+    cli = subprocess.run(
+        [sys.executable, "inference.py", "-i", str(inputs), "-o", str(tmp_path / "cli")], cwd=ROOT,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    for name in ("deep", "alpha", "gray"):
+        job = _wait(page_url, _post(page_url, inputs / f"{name}.png"))
+        assert job["state"] == "done", job
+        with urllib.request.urlopen(f"{page_url}jobs/{job['id']}/download", timeout=60) as response:
+            assert response.read() == (tmp_path / "cli" / f"{name}_x4.png").read_bytes(), name
+    job = _wait(page_url, _post(page_url, inputs / "pages.tiff"))
+    said = next(line for line in cli.stderr.splitlines() if "pages.tiff" in line)
+    assert job["state"] == "failed" and said.endswith(job["message"].removeprefix("pages.tiff"))
+    assert job["message"].startswith("pages.tiff: an animated or multi-page image (2 frames)")
