@@ -36,11 +36,12 @@ import numpy as np
 
 import inference
 from utils.errors import UserError, run_cli
-from utils.files.image_io import read_image, write_image
+from utils.files.image_io import DecodedImage, read_image, write_image
 
 PAGE = Path(__file__).with_name("page.html")
 AUTHORS_DIR = Path(__file__).resolve().parents[1] / "model_zoo" / "authors"
 MAX_UPLOAD_BYTES = 256 << 20  # larger bodies are refused before they are read
+KEPT_JOBS = 64  # finished jobs whose files are kept for the page; older ones are deleted
 _SAFE_NAME = re.compile(r"[^\w.\-]+")
 
 
@@ -94,6 +95,7 @@ class Upscaling:
                 "download": job.output.name if job.output else None}  # fmt: skip
 
     def _upscaler(self, weights: str) -> inference.Upscaler:
+        """The upscaler of `weights`, loaded on first use (by the worker; at start for the default weights)."""
         if weights not in self.upscalers:
             args = argparse.Namespace(**{**vars(self.args), "model_path": str(self.weights[weights])})
             self.upscalers[weights] = inference.load_upscaler(args)[0]
@@ -112,6 +114,15 @@ class Upscaling:
                 job.state, job.message = "failed", str(err).replace(f"{job.folder}/", "")
             except Exception as err:  # noqa: BLE001 (the page reports it; the server keeps serving)
                 job.state, job.message = "failed", f"{job.name}: {type(err).__name__}: {err}"
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        """A long-running server keeps the files of the last KEPT_JOBS finished jobs only."""
+        with self.lock:
+            finished = [job for job in self.jobs.values() if job.state in ("done", "failed")]
+            for job in finished[:-KEPT_JOBS]:
+                del self.jobs[job.id]
+                shutil.rmtree(job.folder, ignore_errors=True)
 
     def _run(self, job: Job) -> None:
         upscaler = self._upscaler(job.weights)
@@ -141,7 +152,7 @@ def _file_name(name: str) -> str:
     return _SAFE_NAME.sub("_", Path(name).name).lstrip(".") or "upload"
 
 
-def _shown(image: inference.DecodedImage) -> np.ndarray:
+def _shown(image: DecodedImage) -> np.ndarray:
     rgb = image.rgb if not image.grayscale else image.rgb[..., 0]
     return rgb if image.alpha is None else np.dstack([rgb, image.alpha])
 
@@ -200,11 +211,9 @@ def handler_for(upscaling: Upscaling) -> type[BaseHTTPRequestHandler]:
             file = {"input": job.input_preview, "preview": job.preview, "download": job.output}[match[2]]
             if file is None:
                 return self._json({"error": "not ready"}, HTTPStatus.CONFLICT)
-            extra = (
-                {"Content-Disposition": f'attachment; filename="{file.name}"'}
-                if match[2] == "download"
-                else {}
-            )
+            if match[2] != "download":  # the 8-bit PNGs the page shows
+                return self._send(HTTPStatus.OK, file.read_bytes(), "image/png")
+            extra = {"Content-Disposition": f'attachment; filename="{file.name}"'}
             return self._send(HTTPStatus.OK, file.read_bytes(), "application/octet-stream", extra)
 
         def do_POST(self) -> None:  # noqa: N802
