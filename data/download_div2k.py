@@ -23,15 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError, run_cli
-from utils.files.download import (
-    NetworkError,
-    created_folders_removed_on_error,
-    decode_all,
-    download_file,
-    extract_zip,
-    png_bound,
-)
-from utils.files.lock import one_writer
+from utils.files.download import decode_all, download_file, download_session, extract_zip, png_bound
 
 OFFICIAL_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
 SCALE = 4
@@ -188,14 +180,8 @@ def download_div2k(
 ) -> None:
     """Fetch the requested DIV2K splits into data_dir in the NTIRE kit's layout."""
     data_dir = Path(data_dir)
-    try:
-        with (
-            created_folders_removed_on_error(data_dir, data_dir / "DIV2K_zips"),
-            one_writer(data_dir, "download", "--data_dir"),
-        ):
-            _download_splits(data_dir, splits, base_url, keep_zips, progress)
-    except NetworkError as err:
-        raise UserError(f"{err}; offline: {OFFLINE}") from None
+    with download_session(data_dir, "--data_dir", OFFLINE, data_dir / "DIV2K_zips"):
+        _download_splits(data_dir, splits, base_url, keep_zips, progress)
 
 
 def _download_splits(

@@ -30,14 +30,7 @@ from pathlib import Path
 
 from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_text_atomic
-from utils.files.download import (
-    NetworkError,
-    created_folders_removed_on_error,
-    decode_all,
-    download_file,
-    png_bound,
-)
-from utils.files.lock import one_writer
+from utils.files.download import decode_all, download_file, download_session, png_bound
 
 OFFICIAL_BASE_URL = "https://huggingface.co/ofsoundof/LSDIR/resolve/main"
 TOTAL_IMAGES = 84_991
@@ -138,16 +131,9 @@ def download_lsdir(
     if not 1 <= first <= TOTAL_IMAGES:
         raise UserError(f"--first {first}: LSDIR has training images 1 to {TOTAL_IMAGES}")
     data_dir = Path(data_dir)
-    try:
-        with (
-            created_folders_removed_on_error(data_dir, data_dir / "LSDIR", data_dir / "LSDIR_archives"),
-            one_writer(data_dir, "download", "--data_dir"),
-        ):
-            return _download(data_dir, first, base_url, token, keep_archives, progress)
-    except NetworkError as err:
-        raise UserError(
-            f"{err}; offline: the trainer reads any folders of HR images (--train_sources DIR [DIR ...])"
-        ) from None
+    offline = "the trainer reads any folders of HR images (--train_sources DIR [DIR ...])"
+    with download_session(data_dir, "--data_dir", offline, data_dir / "LSDIR", data_dir / "LSDIR_archives"):
+        return _download(data_dir, first, base_url, token, keep_archives, progress)
 
 
 def _download(

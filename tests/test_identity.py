@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_bad_input import _one_line_error
 
 import hubconf
 import inference
@@ -254,23 +255,15 @@ def test_a_runner_refuses_to_return_garbage(tmp_path, tensor):
             make_runner(model, "cpu", backend)(_x(1, 3, 8, 8))
 
 
-def _one_line(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, done.stderr
-    return lines[0]
-
-
 def test_huge_weights_stop_test_demo_and_inference_with_one_line_and_nothing_written(tmp_path, images):
     bad = _huge(tmp_path)
     done = subprocess.run([sys.executable, "test_demo.py", "--data_dir", str(images["div2k"]), "--save_dir",
                            str(tmp_path / "r"), "--model_path", str(bad), "--allow_partial"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert "huge.pth" in _one_line(done)
+    assert "huge.pth" in _one_line_error(done)
     assert not (tmp_path / "r" / "results.json").exists() and not list((tmp_path / "r").rglob("*.png"))
     done = subprocess.run([sys.executable, "inference.py", "-i", str(images["photos"]), "-o", str(tmp_path / "up"),
                            "--model_path", str(bad)], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert "huge.pth" in _one_line(done)
+    assert "huge.pth" in _one_line_error(done)
     assert not list(tmp_path.glob("up/*.png"))
 
 
@@ -281,7 +274,7 @@ def test_an_explicit_backend_that_cannot_serve_the_model_is_one_line(tmp_path, i
     path = save_weights(LKDN(**SMALL, attention="esa_cca", fused=True).state_dict(), tmp_path / "esa.pth")
     done = subprocess.run([sys.executable, "inference.py", "-i", str(images["photos"]), "-o", str(tmp_path / "up"),
                            "--model_path", str(path), "--backend", "native"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert "attention" in _one_line(done)
+    assert "attention" in _one_line_error(done)
 
 
 def test_an_image_too_small_for_esa_is_one_line_naming_it(tmp_path, capsys):

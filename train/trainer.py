@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -49,7 +48,7 @@ from train.preflight import check_memory
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.files.atomic_write import write_text_atomic
-from utils.files.checkpoint import load_checkpoint, load_state, read_checkpoint, save_weights
+from utils.files.checkpoint import load_read, load_state, read_checkpoint, save_weights
 from utils.files.image_io import to_tensor, to_uint8
 from utils.files.yaml_file import yaml_text
 from utils.measure.metrics import psnr_y
@@ -282,9 +281,10 @@ class Trainer:
         config = self.config
         model = build_model(config)
         if from_init and config.init_from:
-            load_checkpoint(config.init_from, model)  # refuses non-finite weights, naming the tensor
-            group = read_checkpoint(config.init_from).group
-            log.info("initialised from %s (%s)", config.init_from, GROUP_WORDS.get(group, "its weights"))
+            checkpoint = read_checkpoint(config.init_from)  # refuses non-finite weights, naming the tensor
+            load_read(model, checkpoint)
+            words = GROUP_WORDS.get(checkpoint.group, "its weights")
+            log.info("initialised from %s (%s)", config.init_from, words)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
         if self.device.type == "cpu":  # CPU-only speed-ups that change no number
@@ -359,15 +359,11 @@ class Trainer:
         }
         try:
             run_state.save_iteration(self.run_dir, iteration, self._weights(), state, self.config.keep_last)
-        except (OSError, UserError) as err:
+        except (OSError, UserError) as err:  # the atomic writer's line says which file, why, and the fix
             kept = f"iteration {self.saved_at}" if self.saved_at else "none yet"
-            found = re.search(r"\(([^)]*)\)", str(err))  # write_bytes_atomic's "(No space left on device)"
-            reason = (
-                err.strerror if isinstance(err, OSError) and err.strerror else found[1] if found else str(err)
-            )
             raise UserError(
-                f"{self.run_dir}: cannot save iteration {iteration} ({reason}); free disk space and run the same "
-                f"command to resume (the last saved state: {kept})"
+                f"{self.run_dir}: cannot save iteration {iteration} ({err}); the last saved state: {kept}, "
+                "which the same command resumes from"
             ) from None
         self.saved_at = iteration
         log.info("saved iteration %d", iteration)

@@ -37,9 +37,9 @@ import numpy as np
 import inference
 from utils.errors import UserError, run_cli
 from utils.files.image_io import DecodedImage, read_image, write_image
+from utils.files.pretrained import DEFAULT_DEST as AUTHORS_DEST
 
 PAGE = Path(__file__).with_name("page.html")
-AUTHORS_DIR = Path(__file__).resolve().parents[1] / "model_zoo" / "authors"
 MAX_UPLOAD_BYTES = 256 << 20  # larger bodies are refused before they are read
 KEPT_JOBS = 64  # finished jobs whose files are kept for the page; older ones are deleted
 _SAFE_NAME = re.compile(r"[^\w.\-]+")
@@ -171,8 +171,8 @@ def available_weights() -> dict[str, Path]:
 
     found = {"bundled (team01_LKDN)": BUNDLED_CHECKPOINT}
     for name in ("LKDN-S_del_rep_x4", "LKDN-S_x4", "LKDN_x4"):
-        if (AUTHORS_DIR / f"{name}.pth").is_file():
-            found[f"authors' {name}"] = AUTHORS_DIR / f"{name}.pth"
+        if (AUTHORS_DEST / f"{name}.pth").is_file():
+            found[f"authors' {name}"] = AUTHORS_DEST / f"{name}.pth"
     return found
 
 

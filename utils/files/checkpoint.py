@@ -223,7 +223,11 @@ def load_checkpoint(path: str | Path, model: LKDN, group: str | None = None) -> 
     form aside): a training-form file loads into a fused model by fusing, a fused one into a training-form
     model by the exact inverse. `group`: which weights of a BasicSR-style file (default params_ema, else
     params)."""
-    checkpoint = read_checkpoint(path, group)
+    return load_read(model, read_checkpoint(path, group))
+
+
+def load_read(model: LKDN, checkpoint: Checkpoint) -> LKDN:
+    """`load_checkpoint` for a file already read (whose `group` or declaration the caller wants too)."""
     return _load(model, checkpoint, identify(checkpoint))
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from utils.errors import FatalError, UserError
 from utils.files.atomic_write import DISK_FULL
+from utils.files.lock import one_writer
 
 USER_AGENT = "lkdn-downloader/1.0 (+urllib)"
 DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a request counts as failed
@@ -54,6 +55,24 @@ def created_folders_removed_on_error(*folders: Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def download_session(
+    folder: Path, flag: str, offline: str, *created: Path, wait: float | None = 0
+) -> Iterator[None]:
+    """What every downloader holds while it writes into `folder`: the folder's one-writer lock (refused at once,
+    or after `wait` seconds, naming the holder and `flag`), the removal of `folder` and `created` if they are
+    new and still empty when the block fails, and `offline` (the way to work without the network) added to a
+    network error's line."""
+    try:
+        with (
+            created_folders_removed_on_error(folder, *created),
+            one_writer(folder, "download", flag, wait=wait),
+        ):
+            yield
+    except NetworkError as err:
+        raise UserError(f"{err}; offline: {offline}") from None
+
+
 def png_bound(width: int, height: int, channels: int = 3) -> int:
     """The most bytes a PNG of an 8-bit image this large can take: its raw pixels, a filter byte per row,
     deflate's stored-block overhead (5 bytes per 64 KiB) and the chunks around them, with 1% margin. A data set
@@ -62,18 +81,15 @@ def png_bound(width: int, height: int, channels: int = 3) -> int:
     return int(1.01 * (raw + 5 * (raw // 65535 + 1))) + 64 * 1024
 
 
-def decode_all(paths: Iterable[Path], fix: str) -> int:
+def decode_all(paths: Iterable[Path], fix: str) -> None:
     """Decode every image of `paths` (a zero-filled or truncated file would pass a size check); UserError naming
-    the first that does not decode. Returns how many were decoded."""
+    the first that does not decode."""
     import cv2
 
-    count = 0
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None or image.size == 0:
             raise UserError(f"{path}: not a decodable image (truncated, zero-filled or not an image); {fix}")
-        count += 1
-    return count
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

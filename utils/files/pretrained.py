@@ -15,8 +15,7 @@ import os
 from pathlib import Path
 
 from utils.errors import UserError, run_cli
-from utils.files.download import NetworkError, created_folders_removed_on_error, download_file, sha256_of
-from utils.files.lock import one_writer
+from utils.files.download import download_file, download_session, sha256_of
 
 AUTHORS_BASE_URL = "https://raw.githubusercontent.com/stella-von/LKDN/main/experiments/pretrained_models/LKDN"
 BASE_URL_ENV = "LKDN_WEIGHTS_BASE_URL"
@@ -56,18 +55,9 @@ def fetch_authors_weights(
     file_name = _file_name(name)
     expected = AUTHORS_WEIGHTS_SHA256[file_name]
     dest = Path(dest_dir) / file_name
-    try:
-        with (
-            created_folders_removed_on_error(dest.parent),
-            one_writer(dest.parent, "download", "--dest", wait=None),
-        ):
-            return _fetch_verified(
-                dest, file_name, expected, base_url, progress
-            )  # a second process waits for it
-    except NetworkError as err:
-        raise UserError(
-            f"{err}; offline: copy {file_name} into {dest.parent} (its SHA-256 is checked)"
-        ) from None
+    offline = f"copy {file_name} into {dest.parent} (its SHA-256 is checked)"
+    with download_session(dest.parent, "--dest", offline, wait=None):  # a second process waits for the first
+        return _fetch_verified(dest, file_name, expected, base_url, progress)
 
 
 def _fetch_verified(dest: Path, file_name: str, expected: str, base_url: str | None, progress: bool) -> Path:
