@@ -1,7 +1,7 @@
 """The fault matrix: every long-running entry point under every fault class a cluster or a careless user causes.
 
 One table: ENTRY_POINTS (training stage 1 and 2, test_demo over a folder, inference over a folder, each
-downloader against a local server) x FAULTS (SIGTERM to the process, SIGTERM to its process group, SIGKILL then
+downloader (DIV2K, LSDIR, the benchmark sets, the authors' weights) against a local server) x FAULTS (SIGTERM to the process, SIGTERM to its process group, SIGKILL then
 the same command again, an input corrupted while the run goes, a full disk, a second process on the same
 output). Each case asserts the promise, whatever the entry point: the exit code, one line saying what happened
 (no traceback), nothing lost beyond the step or image the run was on, no partial file. A new entry point joins
@@ -10,6 +10,7 @@ the table by describing itself as an `Entry`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import resource
@@ -28,7 +29,7 @@ from local_http import serve_files
 from test_download import _div2k_zips, _png, _tar_gz
 from test_train import _args, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
-from data import download_lsdir
+from data import download_benchmarks, download_lsdir
 from train.state import latest_resumable
 
 pytestmark = pytest.mark.slow
@@ -391,6 +392,25 @@ def _lsdir(server, tmp: Path) -> Entry:
     )  # fmt: skip
 
 
+def _benchmarks(server, tmp: Path) -> Entry:
+    source = download_benchmarks.SOURCES["Set5"]
+    archive = _tar_gz({f"Set5_HR/{i}.png": _png(48, 48, i) for i in range(source.count)})
+    sha256 = hashlib.sha256(archive).hexdigest()
+    cmd, dest = _served(server, tmp, "data.download_benchmarks", {source.url(""): archive}, "--sets", "Set5")
+    cmd += ["--benchmark_dir", str(dest), "--sha256", f"Set5={sha256}"]
+
+    def kept() -> None:  # the set is there whole, or not at all
+        assert not (dest / "Set5").exists() or download_benchmarks.is_complete(dest / "Set5", source.count)
+
+    def complete() -> None:
+        assert download_benchmarks.is_complete(dest / "Set5", source.count)
+
+    return Entry(
+        cmd=cmd, outputs=dest, busy=lambda: _partial(dest), corrupt=lambda: _damage_partial(dest), kept=kept,
+        complete=complete, partial_ok=(".part",), unthrottle=_unthrottle(server),
+    )  # fmt: skip
+
+
 def _pretrained(server, tmp: Path, reference_dir: Path) -> Entry:
     name = "LKDN-S_x4.pth"
     data = (reference_dir / name).read_bytes()
@@ -453,6 +473,7 @@ ENTRY_POINTS: dict[str, Callable[..., Entry]] = {
     "inference": lambda r: _inference(r.tmp),
     "download_div2k": lambda r: _div2k(r.server, r.tmp),
     "download_lsdir": lambda r: _lsdir(r.server, r.tmp),
+    "download_benchmarks": lambda r: _benchmarks(r.server, r.tmp),
     "download_pretrained": lambda r: _pretrained(r.server, r.tmp, r.reference_dir),
 }
 
