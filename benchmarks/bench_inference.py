@@ -1,8 +1,8 @@
 """Inference speed of every CPU path against the straightforward fused module, over a sweep of image sizes.
 
     python benchmarks/bench_inference.py [--threads 1 2] [--sizes 32x32 80x120 256x256 339x510 512x512]
-                                         [--baseline 6213163] [--runs 31] [--no-onnx] [--no-openvino]
-                                         [--compile] [--detail] [--model_path CKPT]
+                                         [--baseline 6213163] [--builds wide_tiles ...] [--runs 31]
+                                         [--no-onnx] [--no-openvino] [--compile] [--detail] [--model_path CKPT]
 
 One process. For each thread count and each LR size (random 1x3xHxW inputs, seeded; `div2k` names the
 DIV2K-valid-sized ../shared/data/div2k_sample/0853x4.png), every path is warmed up, then timed in interleaved
@@ -12,7 +12,9 @@ backend of each `--baseline` revision (that commit's kernel and Python module, b
 benchmarks/baseline.py), each the median over rounds of the other path's time divided by this path's in the
 same round, so that a shared machine's speed drifting between rounds cancels, with the quartiles of those
 per-round ratios against the reference; and the max abs difference from the reference output. Paths: reference,
-native, native at each baseline revision, fast, onnxruntime and OpenVINO (both on the exported ONNX graph;
+native (the kernel build utils/runtime/native_tune.py chose for this CPU and thread count, tuned first if it has
+not been; `native:<candidate>` when that is not the default build), each `--builds` candidate beside it
+(`native:<name>`), native at each baseline revision, fast, onnxruntime and OpenVINO (both on the exported ONNX graph;
 OpenVINO's CPU plugin compiled for the size with f32 inference precision), torch.compile of the reference with
 `--compile`. Rounds: `--runs`, fewer (at least 3) where the reference's calls would take over 20 s in all.
 
@@ -48,7 +50,9 @@ from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import read_rgb, to_tensor
 from utils.measure.model_summary import conv_activations, count_conv_macs
 from utils.measure.timing import MB, PeakMemory
-from utils.runtime.backends import make_runner
+from utils.runtime.backends import ModuleRunner, make_runner
+from utils.runtime.native import KernelUnavailable, NativeLKDN
+from utils.runtime.native_tune import flags_of, name_of, parse_choice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,6 +235,13 @@ def _onnx_file(model: torch.nn.Module, folder: Path) -> Path:
     return save_onnx(data, folder / "lkdn.onnx")
 
 
+def _choice(text: str) -> dict[str, str]:
+    try:
+        return parse_choice(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_runners(
     model: torch.nn.Module, args: argparse.Namespace, scratch: Path, only: str | None = None
 ) -> dict[str, Callable]:
@@ -246,6 +257,13 @@ def build_runners(
                 runners[backend] = make_runner(model, "cpu", backend)
             except ValueError as err:  # native: no compiler, or a model the kernels were not written for
                 print(f"{backend}: skipped ({err})")
+    for choice in args.builds:
+        label = f"native:{name_of(choice)}"
+        if wanted(label):
+            try:
+                runners[label] = ModuleRunner(NativeLKDN(model, flags_of(choice)).eval(), label)
+            except KernelUnavailable as err:
+                print(f"{label}: skipped ({err})")
     for rev in args.baseline:
         if wanted(f"native@{rev}"):
             try:
@@ -385,6 +403,10 @@ def main() -> None:
     p.add_argument(
         "--runs", type=positive_int, default=31, help="timed interleaved rounds, at most (medians reported)"
     )
+    p.add_argument(
+        "--builds", nargs="*", default=[], type=_choice, metavar="BUILD",
+        help="native kernel builds to time beside the tuned one: default, tiles=wide, tiles=wide,strip=512, ...",
+    )  # fmt: skip
     p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument(
         "--model_path", default=None, help=f"fused or training checkpoint (default {AUTHORS_FUSED})"

@@ -8,6 +8,9 @@ from pathlib import Path
 # One thread per test process (and its subprocesses): the inputs here are tiny, and two OpenMP threads on a
 # busy 2-core machine spend more time waiting for each other than computing. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The default build of the native kernels everywhere, without tuning: a test's timings would be noise, and the
+# tuner has its own tests (tests/test_native_tune.py).
+os.environ.setdefault("LKDN_NATIVE_TUNE", "0")
 
 import pytest  # noqa: E402
 

@@ -57,8 +57,8 @@ def test_ratios_are_taken_round_by_round_so_a_drifting_machine_cancels():
 def test_the_sweep_prints_a_row_per_path_and_size(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--threads", "1", "--sizes", "8x8",
-         "9x13", "--runs", "1", "--warmup", "0", "--no-onnx", "--no-openvino", "--baseline",
-         "--model_path", str(tmp_path / "absent.pth")],
+         "9x13", "--runs", "1", "--warmup", "0", "--no-onnx", "--no-openvino", "--baseline", "--builds",
+         "tiles=wide", "--model_path", str(tmp_path / "absent.pth")],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -67,6 +67,24 @@ def test_the_sweep_prints_a_row_per_path_and_size(tmp_path):
         assert f"== 1 thread, LR {size}" in done.stdout
     rows = [line.split()[0] for line in done.stdout.splitlines() if line.endswith("e+00") or "e-0" in line]
     assert rows.count("reference") == 2 and rows.count("fast") == 2
+    if native_available() is None:  # the tuned build, and the build asked for beside it
+        assert rows.count("native") == 2 and rows.count("native:tiles=wide") == 2
+
+
+@pytest.mark.skipif(
+    native_available() is not None, reason=f"native kernels unavailable: {native_available()}"
+)
+def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernel_roofline.py"), "--size", "12x20", "--runs", "1",
+         "--build", "tiles=wide", "--model_path", str(tmp_path / "absent.pth")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernel build: tiles=wide; FMA peak:" in done.stdout
+    shares = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in done.stdout.splitlines()
+              if line.startswith("  ")}  # fmt: skip
+    assert set(shares) == {"network", "block", "tail"} and all(0 < share < 100 for share in shares.values())
 
 
 def test_a_bad_size_is_one_line_and_exit_2(tmp_path):

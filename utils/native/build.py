@@ -111,12 +111,13 @@ def _compile(source: Path, compiler: str, flags: list[str], cache: Path, stem: s
         Path(tmp).unlink(missing_ok=True)
 
 
-def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
+def build_and_load(source: Path, openmp: bool = False, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     """The library built from `source` (from the cache when it is there and intact); raises KernelUnavailable.
 
     `openmp` tries `-fopenmp` builds first: loaded after torch, such a library runs on torch's own OpenMP
     runtime and threads (the same soname, libgomp.so.1, is already loaded). Without it the source's
-    `#pragma omp` lines are ignored and it runs on one thread."""
+    `#pragma omp` lines are ignored and it runs on one thread. `extra_flags` (a tuning candidate's `-D` settings
+    or vector width) are added to the `-march=native` builds only: they choose among what this CPU runs."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         raise KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
@@ -131,7 +132,12 @@ def build_and_load(source: Path, openmp: bool = False) -> ctypes.CDLL:
     depends = [*texts, compiler, _cpu_key()]
     errors = []
     flag_sets = [[*flags, "-fopenmp"] for flags in FLAG_SETS] if openmp else []
-    for flags in [*flag_sets, *FLAG_SETS]:
+    flag_sets = [*flag_sets, *FLAG_SETS]
+    if extra_flags:
+        flag_sets = [[*flags, *extra_flags] for flags in flag_sets if "-march=native" in flags]
+        if not flag_sets:
+            raise KernelUnavailable(f"{' '.join(extra_flags)}: a tuning build needs -march=native")
+    for flags in flag_sets:
         key = hashlib.sha256("\n".join([*depends, " ".join(flags)]).encode()).hexdigest()[:16]
         stem = f"{source.stem}_{key}"
         try:
@@ -147,9 +153,13 @@ class NativeLibrary:
     kept (a failed build is not retried on every call; `forget()` starts over)."""
 
     def __init__(
-        self, source: Path, openmp: bool = False, declare: Callable[[ctypes.CDLL], None] | None = None
+        self,
+        source: Path,
+        openmp: bool = False,
+        declare: Callable[[ctypes.CDLL], None] | None = None,
+        extra_flags: tuple[str, ...] = (),
     ) -> None:
-        self.source, self.openmp, self.declare = source, openmp, declare
+        self.source, self.openmp, self.declare, self.extra_flags = source, openmp, declare, extra_flags
         self._lock = threading.Lock()
         self._outcome: ctypes.CDLL | KernelUnavailable | None = None
 
@@ -158,7 +168,7 @@ class NativeLibrary:
         with self._lock:
             if self._outcome is None:
                 try:
-                    lib = build_and_load(self.source, self.openmp)
+                    lib = build_and_load(self.source, self.openmp, self.extra_flags)
                     if self.declare is not None:
                         self.declare(lib)
                     self._outcome = lib

@@ -200,8 +200,11 @@ def _build(backend: str, model: LKDN, device: torch.device, precision: str, onnx
         return _onnx_runner(model, device, onnx_path)
     if backend == "native":
         from utils.runtime.native import NativeLKDN
+        from utils.runtime.native_tune import chosen_build, flags_of, name_of
 
-        return ModuleRunner(NativeLKDN(model).eval(), "native")
+        choice = chosen_build(model)
+        label = "native" if not choice else f"native:{name_of(choice)}"
+        return ModuleRunner(NativeLKDN(model, flags_of(choice)).eval(), label)
     if backend == "cuda_graph":
         from utils.runtime.cuda_graph import CudaGraphRunner
 

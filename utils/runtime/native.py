@@ -19,15 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models import LKDB, LKDN
-from utils.native.build import KernelUnavailable, NativeLibrary
+from utils.native.build import KernelUnavailable, NativeLibrary  # noqa: F401  (KernelUnavailable: re-exported)
 from utils.runtime.fast import FastLKDN, conv_matrix
 
 SOURCE = Path(__file__).with_name("kernels") / "lkdn_cpu.cpp"
 
 
-def _round_up(n: int) -> int:
+def _round_up(n: int, lib: ctypes.CDLL | None = None) -> int:
     """n padded to whole vectors of the kernel's width (16 floats with AVX-512, else 8)."""
-    lanes = load_kernel().lkdn_lanes()
+    lanes = (lib or load_kernel()).lkdn_lanes()
     return -(-n // lanes) * lanes
 
 
@@ -52,11 +52,21 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 KERNEL = NativeLibrary(SOURCE, openmp=True, declare=_declare)
+_BUILDS: dict[tuple[str, ...], NativeLibrary] = {(): KERNEL}
+_BUILDS_LOCK = threading.Lock()
 
 
-def load_kernel() -> ctypes.CDLL:
+def kernel_build(flags: tuple[str, ...] = ()) -> NativeLibrary:
+    """The kernel built with `flags` added (a tuning candidate's; none: the default build), one per process."""
+    with _BUILDS_LOCK:
+        if flags not in _BUILDS:
+            _BUILDS[flags] = NativeLibrary(SOURCE, openmp=True, declare=_declare, extra_flags=flags)
+        return _BUILDS[flags]
+
+
+def load_kernel(flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     """The compiled kernel, built on first use; raises KernelUnavailable with the reason."""
-    return KERNEL.load()
+    return kernel_build(flags).load()
 
 
 def native_available() -> str | None:
@@ -108,13 +118,14 @@ def supports(model: LKDN) -> str | None:
     return next(filter(None, (_block_reason(block) for block in model.blocks)), None)
 
 
-def pack_block(block: LKDB) -> Tensor:
+def pack_block(block: LKDB, lib: ctypes.CDLL | None = None) -> Tensor:
     """One fused LKDB's weights in the order and padding of lkdn_cpu.cpp's `Params`, read off the block's
     description: its distillation steps (distillation conv, refine block's bsconv_weights), c4, c5, LKA, c6
-    and the LayerNorm."""
+    and the LayerNorm. `lib`: the build it is for (default: the default build); builds differ in vector width."""
+    lib = lib or load_kernel()
     c = block.c6.weight.shape[0]
     d = c // 2
-    cp, g1p, dp = _round_up(c), _round_up(c + d), _round_up(d)
+    cp, g1p, dp = _round_up(c, lib), _round_up(c + d, lib), _round_up(d, lib)
     parts: list[Tensor] = []
     for distill, refine in block.steps():
         # refine's pointwise (no bias) in lanes [0, c), the distillation conv in [c, c + d)
@@ -134,27 +145,29 @@ def pack_block(block: LKDB) -> Tensor:
     parts += _matmul_weights(conv_matrix(block.c6.weight), block.c6.bias, cp)
     norm = block.pixel_norm
     parts += [F.pad(norm.weight, (0, cp - c)), F.pad(norm.bias, (0, cp - c))]
-    return _concat(parts, load_kernel().lkdb_params_size(c), f"a {c}-channel block")
+    return _concat(parts, lib.lkdb_params_size(c), f"a {c}-channel block")
 
 
-def pack_tail(model: FastLKDN) -> Tensor:
+def pack_tail(model: FastLKDN, lib: ctypes.CDLL | None = None) -> Tensor:
     """FastLKDN's c1, c2 and upsampler weights in the order and padding of lkdn_cpu.cpp's `TailParams`."""
+    lib = lib or load_kernel()
     c = model.c2_w.shape[0]
-    cp = _round_up(c)
+    cp = _round_up(c, lib)
     parts = [_matmul_weights(part, None, cp)[0] for part in model.c1_w.split(c, dim=1)]
     parts += [F.pad(model.c1_b, (0, cp - c)), _matmul_weights(model.c2_w, None, cp)[0]]
     parts += _depthwise_weights(model.c2_dw, model.c2_db, cp)
     parts += [model.up_w.permute(2, 3, 1, 0).reshape(-1, model.up_w.shape[0]), model.up_b]  # (tap, in, out)
     blocks = len(model.blocks)
-    return _concat(parts, load_kernel().lkdn_tail_params_size(c, blocks), f"the tail of {blocks} blocks")
+    return _concat(parts, lib.lkdn_tail_params_size(c, blocks), f"the tail of {blocks} blocks")
 
 
-def pack_features(model: FastLKDN) -> Tensor:
+def pack_features(model: FastLKDN, lib: ctypes.CDLL | None = None) -> Tensor:
     """The shallow features' 3x3 conv (3 -> C, the input repetition folded in) as lkdn_cpu.cpp's (27, C) taps
     in (channel, ky, kx) order and its bias, zero-padded."""
+    lib = lib or load_kernel()
     c = model.fea_w.shape[0]
-    parts = _matmul_weights(model.fea_w.reshape(c, -1), model.fea_b, _round_up(c))
-    return _concat(parts, load_kernel().lkdn_features_params_size(c), "the shallow features")
+    parts = _matmul_weights(model.fea_w.reshape(c, -1), model.fea_b, _round_up(c, lib))
+    return _concat(parts, lib.lkdn_features_params_size(c), "the shallow features")
 
 
 def _concat(parts: list[Tensor], expected: int, what: str) -> Tensor:
@@ -231,19 +244,18 @@ class NativeLKDN(FastLKDN):
 
     WORKSPACE_BYTES = 1 << 30
 
-    def __init__(self, model: LKDN) -> None:
+    def __init__(self, model: LKDN, build: tuple[str, ...] = ()) -> None:
         reason = supports(model)
         if reason is not None:
             raise ValueError(reason)
         super().__init__(model)
-        reason = native_available()
-        if reason is not None:
-            raise KernelUnavailable(reason)
+        self.build = build  # the kernel build's extra flags (utils/runtime/native_tune.py chooses them)
+        lib = load_kernel(build)
         with torch.no_grad():
             for i, block in enumerate(self.blocks):
-                self.register_buffer(f"packed{i}", pack_block(block))
-            self.register_buffer("packed_tail", pack_tail(self))
-            self.register_buffer("packed_features", pack_features(self))
+                self.register_buffer(f"packed{i}", pack_block(block, lib))
+            self.register_buffer("packed_tail", pack_tail(self, lib))
+            self.register_buffer("packed_features", pack_features(self, lib))
         self._eps = (ctypes.c_float * len(self.blocks))(*(block.pixel_norm.eps for block in self.blocks))
         self._workspace: dict[int, Tensor] = {}  # thread id -> flat float32 buffer
 
@@ -280,7 +292,7 @@ class NativeLKDN(FastLKDN):
         out = torch.empty(n, 3, 4 * h, 4 * w)
         blocks = len(hidden)
         params = [getattr(self, f"packed{i}") for i in range(blocks)]
-        status = load_kernel().lkdn_forward(
+        status = load_kernel(self.build).lkdn_forward(
             x.data_ptr(),
             feat.data_ptr(),
             _pointers(hidden),

@@ -45,17 +45,45 @@
 
 namespace {
 
+// The kernels' free choices. Each has a default per target and can be set when the library is built
+// (-DLKDN_REGISTERS=28, ...): utils/runtime/native_tune.py builds such candidates and times them on the CPU that
+// runs them, since what is fastest differs between CPUs of the same instruction set.
 // kRegisters: vectors the matrix product may keep as accumulators: of a target's 32 AVX-512 or 16 AVX2
 // registers, what the weights and the broadcast inputs leave (an 8-lane vector without AVX takes two of SSE's 16
 // registers). kDepthwisePixels: output pixels a depthwise conv computes at once, per vector of channels: with
 // the K weights and one input they fill the registers (AVX2: 8 + 5 + 1 of 16).
 #if defined(__AVX512F__)
-constexpr int kRegisters = 24, kDepthwisePixels = 16;
+constexpr int kDefaultRegisters = 24, kDefaultDepthwisePixels = 16;
 #elif defined(__AVX__)
-constexpr int kRegisters = 12, kDepthwisePixels = 8;
+constexpr int kDefaultRegisters = 12, kDefaultDepthwisePixels = 8;
 #else
-constexpr int kRegisters = 6, kDepthwisePixels = 4;
+constexpr int kDefaultRegisters = 6, kDefaultDepthwisePixels = 4;
 #endif
+#ifndef LKDN_REGISTERS
+#define LKDN_REGISTERS kDefaultRegisters
+#endif
+#ifndef LKDN_DEPTHWISE_PIXELS
+#define LKDN_DEPTHWISE_PIXELS kDefaultDepthwisePixels
+#endif
+// LKDN_WIDE_TILES: a product's tile spans all its output vectors with the weights read from memory, for up to 8
+// pixels (the kernels' schedule before the register-blocked tiles), instead of 2-3 vectors held in registers.
+#ifndef LKDN_WIDE_TILES
+#define LKDN_WIDE_TILES 0
+#endif
+// LKDN_WIDE_PIXELS: the most pixels in a wide tile.
+#ifndef LKDN_WIDE_PIXELS
+#define LKDN_WIDE_PIXELS 8
+#endif
+// LKDN_CALLER_SHARE: the calling thread's share of a team's columns, in percent of an equal share (see Team).
+#ifndef LKDN_CALLER_SHARE
+#define LKDN_CALLER_SHARE 100
+#endif
+// LKDN_STRIP: the widest column strip, in pixels (see Block::run).
+#ifndef LKDN_STRIP
+#define LKDN_STRIP 256
+#endif
+constexpr int kRegisters = LKDN_REGISTERS, kDepthwisePixels = LKDN_DEPTHWISE_PIXELS;
+constexpr bool kWideTiles = LKDN_WIDE_TILES != 0;
 
 inline float sum_lanes(vf v) {
 #if defined(__AVX512F__)
@@ -206,7 +234,7 @@ inline void matmul_tile(const Source* sources, int count, int p0, const float* b
             vf wv[VT];
             for (int v = 0; v < VT; ++v) {
                 wv[v] = load(src.w + (size_t(i) * NV + V0 + v) * kLanes);
-                in_register(wv[v]);
+                if constexpr (!kWideTiles) in_register(wv[v]);
             }
             for (int p = 0; p < P; ++p) {
                 const vf x = splat(in[size_t(p) * src.stride + i]);
@@ -223,7 +251,11 @@ inline void matmul_tile(const Source* sources, int count, int p0, const float* b
 // product's 6-8 vectors for 1-2 pixels) left GCC too few registers: it folded the weights' loads into the FMAs,
 // and the loads, not the FMAs, set the pace.
 template <int NV>
-constexpr int kTileVectors = NV % 2 == 0 || NV == 1 ? std::min(NV, 2) : 3;
+constexpr int kTileVectors = kWideTiles ? NV : NV % 2 == 0 || NV == 1 ? std::min(NV, 2) : 3;
+
+// Pixels in a tile of a product with NV output vectors.
+template <int NV>
+constexpr int kTilePixels = kWideTiles ? std::max(1, std::min(LKDN_WIDE_PIXELS, kRegisters / NV)) : std::max(1, kRegisters / kTileVectors<NV>);
 
 template <int NV, int CIN, int P, int COUNT, int V0 = 0>
 inline void matmul_tiles(const Source* sources, int count, int p0, const float* bias, vf (&res)[P][NV]) {
@@ -265,7 +297,7 @@ inline void in_groups(int floor, int from, int to, Group group, Single single) {
 
 template <int NV, int CIN, int COUNT = 0, class Epi>
 void matmul_row(const Source* sources, int count, int n, const float* bias, Epi epi) {
-    constexpr int P = std::max(1, kRegisters / kTileVectors<NV>);
+    constexpr int P = kTilePixels<NV>;
     in_groups<P>(
         0, 0, n, [&](int p) { matmul_pixels<NV, CIN, P, COUNT>(sources, count, p, bias, epi); },
         [&](int p) { matmul_pixels<NV, CIN, 1, COUNT>(sources, count, p, bias, epi); });
@@ -380,13 +412,20 @@ class Team {
         return lay_out(memory, rings) + size_t(m) * row;
     }
 
-    // Member m's share [lo, hi) of the columns [a, b).
+    // Member m's share [lo, hi) of the columns [a, b): equal shares, except that member 0 (the calling thread)
+    // takes LKDN_CALLER_SHARE percent of an equal share's columns (100: an equal share).
     void share(int m, int a, int b, int& lo, int& hi) const {
-        lo = a + int(int64_t(b - a) * m / size_);
-        hi = a + int(int64_t(b - a) * (m + 1) / size_);
+        lo = a + cut(b - a, m);
+        hi = a + cut(b - a, m + 1);
     }
 
   private:
+    // The first column of member m's share of n columns.
+    int cut(int n, int m) const {
+        if (m == 0) return 0;
+        const int64_t total = 100 * int64_t(size_ - 1) + LKDN_CALLER_SHARE;  // member 0 weighs LKDN_CALLER_SHARE
+        return int((int64_t(n) * (LKDN_CALLER_SHARE + 100 * int64_t(m - 1))) / total);
+    }
     static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -493,7 +532,7 @@ struct StoreGelu {
     }
 };
 
-constexpr int kStrip = 256;
+constexpr int kStrip = LKDN_STRIP;
 
 template <int C>
 struct Block {

@@ -1,0 +1,130 @@
+"""How close the native kernels run to the core's FMA peak, stage by stage, at one thread.
+
+    python benchmarks/kernel_roofline.py [--size 256x256] [--build tiles=wide] [--runs 9]
+
+Measures the core's peak rate of vector FMAs (benchmarks/kernels/fma_peak.cpp, built like the kernels, on their
+vector width), then times the kernels' stages on one thread (the whole network, one distillation block, the
+tail) and divides each stage's conv multiply-accumulates (the fused model's real channels, not the padding the
+kernels compute) by its time. What separates a stage from 100% is the padding of channels to whole vectors,
+GELU, LayerNorm, the depthwise convs' loads and the stores: a kernel change can win at most that gap; a larger
+speed-up needs less arithmetic. `--build`: a kernel build (utils/runtime/native_tune.py's settings; default: the
+one chosen for this CPU at one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from bench_inference import load_model  # this script's folder
+
+from models import LKDN
+from utils.device import cpu_description
+from utils.errors import UserError, run_cli
+from utils.native.build import build_and_load
+from utils.runtime import native
+from utils.runtime.native_tune import chosen_build, flags_of, name_of, parse_choice
+
+PEAK_SOURCE = Path(__file__).with_name("kernels") / "fma_peak.cpp"
+
+
+def fma_peak(flags: tuple[str, ...] = (), rounds: int = 50_000_000) -> tuple[float, int]:
+    """(multiply-accumulates per second, vector lanes) of one core, best of three."""
+    lib = build_and_load(PEAK_SOURCE, extra_flags=flags)
+    lib.fma_rounds.restype, lib.fma_rounds.argtypes = ctypes.c_float, [ctypes.c_long]
+    lanes = lib.fma_lanes()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        lib.fma_rounds(rounds)
+        best = min(best, time.perf_counter() - start)
+    return rounds * 12 * lanes / best, lanes
+
+
+def conv_macs_per_pixel(module: torch.nn.Module) -> int:
+    """Multiply-accumulates per LR pixel of the convs in `module` (the upsampler's at LR resolution)."""
+    return sum(
+        m.out_channels * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    )
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def stage_times(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int) -> dict[str, float]:
+    """Milliseconds of the whole network, one block and the tail on one thread (seeded random inputs)."""
+    runner = native.NativeLKDN(model, flags).eval()
+    lib = native.load_kernel(flags)
+    c, blocks = model.num_feat, len(model.blocks)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, h, w, generator=g)
+    feat = torch.rand(1, h, w, c, generator=g)
+    hidden = [torch.rand(1, h, w, c, generator=g) for _ in range(blocks)]
+    out, sr = torch.empty_like(feat), torch.empty(1, 3, 4 * h, 4 * w)
+    eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
+    with torch.inference_mode():
+        return {
+            "network": _median_ms(lambda: runner(x), runs),
+            "block": _median_ms(
+                lambda: lib.lkdb_forward(feat.data_ptr(), out.data_ptr(), 1, h, w, c, runner.packed0.data_ptr(), eps, 1),
+                runs,
+            ),
+            "tail": _median_ms(
+                lambda: lib.lkdn_tail(native._pointers(hidden), blocks, feat.data_ptr(), sr.data_ptr(), 1, h, w, c,
+                                      runner.packed_tail.data_ptr(), 1),
+                runs,
+            ),
+        }  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="256x256", help="LR size HxW")
+    p.add_argument(
+        "--build", default=None, help="a kernel build: default, tiles=wide, ... (default: the tuned one)"
+    )
+    p.add_argument("--runs", type=int, default=9)
+    p.add_argument("--model_path", default=None)
+    args = p.parse_args()
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+        choice = parse_choice(args.build) if args.build is not None else None
+    except ValueError as err:
+        raise UserError(f"--size {args.size} / --build {args.build}: {err}") from None
+    torch.set_num_threads(1)
+    model, weights = load_model(args.model_path)
+    if choice is None:
+        choice = chosen_build(model, 1)
+    flags = flags_of(choice)
+    peak, lanes = fma_peak(flags)
+    times = stage_times(model, flags, h, w, args.runs)
+    pixels = h * w
+    block = conv_macs_per_pixel(model.blocks[0])
+    whole = conv_macs_per_pixel(model)
+    tail = sum(conv_macs_per_pixel(m) for m in (model.c1, model.c2, model.upsampler))
+    macs = {"network": whole, "block": block, "tail": tail}
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}; one thread; weights: {weights}")
+    print(f"kernel build: {name_of(choice)}; FMA peak: {peak / 1e9:.1f} GMAC/s ({lanes}-float vectors)")
+    print(f"LR {h}x{w}; stage: median ms, conv MACs per pixel, GMAC/s, share of the FMA peak")
+    for stage, ms in times.items():
+        rate = macs[stage] * pixels / (ms / 1e3)
+        print(f"  {stage:8s} {ms:8.1f} ms {macs[stage]:7d} {rate / 1e9:6.1f} {rate / peak:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

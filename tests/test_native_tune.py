@@ -1,0 +1,197 @@
+"""The native kernels' tuner: every build it may choose computes the reference's function; its choice, its
+record and when it tunes again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_fast_inference import ATOL, perturbed, reference_output
+
+from models import lkdn, lkdn_s
+from utils.runtime import native_tune as tune
+from utils.runtime.native import NativeLKDN, native_available
+
+needs_kernels = pytest.mark.skipif(
+    native_available() is not None, reason=f"native kernels unavailable: {native_available()}"
+)
+
+# every build the tuner can reach: each alternative alone, and each with wide tiles (tuned first)
+BUILDS = sorted(
+    {
+        tune.name_of(choice)
+        for setting in tune.settings(threads=2)
+        for value in setting.alternatives
+        for choice in ({setting.name: value}, {"tiles": "wide", setting.name: value})
+    }
+    | {"default"}
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(20)
+    return perturbed(lkdn_s(fused=True), seed=21)
+
+
+def _run(model, x, choice, threads=1):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return NativeLKDN(model, tune.flags_of(choice)).eval()(x)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_kernels
+@pytest.mark.slow
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_build_the_tuner_may_choose_computes_the_reference(model, build):
+    """Odd sizes, a width cut into column strips by every strip setting, two images, a team of threads
+    (bit-identical to one thread), and the other width the kernels are built for."""
+    choice = tune.parse_choice(build)
+    g = torch.Generator().manual_seed(22)
+    for shape in ((2, 3, 13, 53), (1, 3, 7, 530)):
+        x = torch.rand(shape, generator=g)
+        one = _run(model, x, choice)
+        torch.testing.assert_close(one, reference_output(model, x), atol=ATOL, rtol=0)
+        torch.testing.assert_close(_run(model, x, choice, threads=2), one, atol=0, rtol=0)
+    torch.manual_seed(23)
+    wide = perturbed(lkdn(fused=True), seed=24)
+    x = torch.rand(1, 3, 11, 19, generator=g)
+    torch.testing.assert_close(_run(wide, x, choice), reference_output(wide, x), atol=ATOL, rtol=0)
+
+
+class FakeTimer:
+    """Stands in for tune.Timer: `relative[flags]` is a build's time relative to the default build; builds in
+    `broken` do not pass the check."""
+
+    def __init__(self, relative, broken=()):
+        self.relative, self.broken = relative, set(broken)
+
+    def usable(self, flags):
+        return "differs from the reference by 1.00e-01" if flags in self.broken else None
+
+    def compare(self, current, others):
+        return [self.relative.get(o, 1.0) / self.relative.get(current, 1.0) for o in others]
+
+
+def _timer(relative, broken=()):
+    fake = FakeTimer(relative, broken)
+    return lambda model: fake
+
+
+WIDE = tune.flags_of({"tiles": "wide"})
+WIDE_512 = tune.flags_of({"tiles": "wide", "strip": "512"})
+
+
+def test_settings_are_tuned_one_after_another_and_only_a_clear_gain_counts(monkeypatch):
+    monkeypatch.setattr(
+        tune, "settings", lambda threads: [tune.BY_SETTING["tiles"], tune.BY_SETTING["strip"]]
+    )
+    relative = {WIDE: 0.9, WIDE_512: 0.9 * 0.99, tune.flags_of({"tiles": "wide", "strip": "128"}): 0.95}
+    choice, lines = tune.tune(None, say=lambda line: None, timer=_timer(relative))
+    assert choice == {"tiles": "wide"}  # strip=512: 1% faster, under the 2% margin
+    assert lines[0].endswith("-> wide") and lines[1].endswith("-> 256")
+    relative[WIDE_512] = 0.9 * 0.97
+    choice, _ = tune.tune(None, say=lambda line: None, timer=_timer(relative))
+    assert choice == {"tiles": "wide", "strip": "512"}
+
+
+def test_a_build_that_does_not_match_the_reference_is_never_chosen(monkeypatch):
+    monkeypatch.setattr(tune, "settings", lambda threads: [tune.BY_SETTING["tiles"]])
+    choice, lines = tune.tune(None, say=lambda line: None, timer=_timer({WIDE: 0.5}, broken={WIDE}))
+    assert choice == {} and "wide: differs from the reference" in lines[0]
+
+
+@pytest.fixture
+def records(tmp_path, monkeypatch):
+    """An empty kernel cache, tuning on, and a fake tuner that counts its calls."""
+    monkeypatch.setenv("LKDN_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv(tune.ENV, "")
+    monkeypatch.setattr(tune, "load_kernel", lambda: None)
+    calls = []
+
+    def tuner(model):
+        calls.append(torch.get_num_threads())
+        return {"tiles": "wide"}, ["tiles: narrow 1, wide 0.900 -> wide"]
+
+    return tmp_path / tune.RECORD, calls, tuner
+
+
+def test_a_choice_is_kept_beside_the_kernels_and_used_without_tuning_again(records, model):
+    path, calls, tuner = records
+    assert tune.chosen_build(model, 1, tuner) == {"tiles": "wide"}
+    assert tune.chosen_build(model, 1, tuner) == {"tiles": "wide"}
+    assert calls == [1]
+    (record,) = json.loads(path.read_text()).values()
+    assert record["choice"] == {"tiles": "wide"} and record["threads"] == 1 and record["channels"] == 42
+    assert record["cpu"] == tune.cpu_description()
+    tune.chosen_build(model, 2, tuner)  # another thread count is tuned for itself, at that thread count
+    assert calls == [1, 2] and len(json.loads(path.read_text())) == 2
+
+
+def test_another_cpu_or_kernel_source_tunes_again(records, model, monkeypatch):
+    path, calls, tuner = records
+    tune.chosen_build(model, 1, tuner)
+    monkeypatch.setattr(tune, "cpu_description", lambda: "Another CPU (x86_64, AVX2)")
+    tune.chosen_build(model, 1, tuner)
+    assert len(calls) == 2
+    monkeypatch.setattr(tune.build, "_cpu_key", lambda: "flags : fpu sse2")
+    tune.chosen_build(model, 1, tuner)
+    assert len(calls) == 3 and len(json.loads(path.read_text())) == 3
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", '["a list"]', '{"k": {"choice": {"tiles": "sideways"}}}', ""],
+    ids=["corrupt", "not-a-table", "unknown-value", "empty"],
+)
+def test_an_unreadable_record_is_ignored_and_redone(records, model, damage):
+    path, calls, tuner = records
+    path.write_text(damage)
+    assert tune.chosen_build(model, 1, tuner) == {"tiles": "wide"}
+    assert calls == [1]
+    assert json.loads(path.read_text())  # rewritten whole
+
+
+def test_tuning_can_be_skipped_or_forced(records, model, monkeypatch):
+    path, calls, tuner = records
+    monkeypatch.setenv(tune.ENV, "0")
+    assert tune.chosen_build(model, 1, tuner) == {} and calls == [] and not path.exists()
+    monkeypatch.setenv(tune.ENV, "")
+    tune.chosen_build(model, 1, tuner)
+    monkeypatch.setenv(tune.ENV, "force")
+    tune.chosen_build(model, 1, tuner)
+    assert calls == [1, 1]
+
+
+def test_parse_choice_names_the_settings():
+    assert tune.parse_choice("tiles=wide,strip=512") == {"tiles": "wide", "strip": "512"}
+    assert tune.parse_choice("default") == {}
+    with pytest.raises(ValueError, match="tiles=narrow|wide"):
+        tune.parse_choice("tiles=sideways")
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_the_real_tuner_checks_times_and_keeps_a_choice(tmp_path, monkeypatch, model, capsys):
+    """The whole path on this CPU, at small sizes: builds, checks, times, prints a line per setting, and the
+    runner it gives is the chosen build (named after it when it is not the default)."""
+    from utils.runtime.backends import make_runner
+
+    monkeypatch.setenv(tune.ENV, "")
+    monkeypatch.setattr(tune, "record_path", lambda: tmp_path / tune.RECORD)
+    monkeypatch.setattr(tune, "SIZES", ((16, 16), (8, 40)))
+    monkeypatch.setattr(tune, "ROUNDS", 1)
+    runner = make_runner(model, "cpu", "native")
+    err = capsys.readouterr().err
+    assert "native kernels: tuning for" in err and "native kernels: chose" in err
+    for setting in tune.settings(torch.get_num_threads()):
+        assert f"native kernels: {setting.name}: " in err
+    choice = next(iter(json.loads(tune.record_path().read_text()).values()))["choice"]
+    assert runner.name == ("native" if not choice else f"native:{tune.name_of(choice)}")
+    x = torch.rand(1, 3, 9, 13)
+    torch.testing.assert_close(runner(x), reference_output(model, x), atol=ATOL, rtol=0)

@@ -1,0 +1,282 @@
+"""Choose the native kernels' build for the CPU and thread count that run them, once, and remember the choice.
+
+What is fastest differs between CPUs of one instruction set (the product tiles that win on one AVX-512 CPU lose
+on another; a CPU that splits 512-bit operations in two may prefer 8-lane vectors), so the kernels' free choices
+are build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, and the vector
+width) and this module tunes them on the machine itself, one setting after another from the default build: the
+setting's alternatives are built (cached like any kernel build), checked against the reference module's output
+(a build that differs by more than ATOL is never chosen) and timed against the current choice in interleaved
+rounds on two input sizes; an alternative replaces the current value if it takes at most MARGIN of its time. The
+choice is kept in `native_tuning.json` beside the compiled kernels, keyed by the CPU (model and instruction-set
+flags), the compiler and kernel source, the thread count and the network's width: another CPU, compiler, source
+or thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the
+default build), LKDN_NATIVE_TUNE=force tunes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import LKDN
+from utils.device import cpu_description, vector_isa
+from utils.files.atomic_write import write_text_atomic
+from utils.native import build
+from utils.runtime.native import SOURCE, KernelUnavailable, NativeLKDN, load_kernel
+
+ENV = "LKDN_NATIVE_TUNE"
+RECORD = "native_tuning.json"
+ATOL = 2e-5  # the native kernels' bound on the difference from the reference module (float32)
+MARGIN = 0.98  # a candidate replaces the default build only if it takes at most this share of its time
+SIZES = ((64, 64), (96, 320))  # LR sizes timed: a small image, and one wide enough for column strips
+ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One free choice of the kernels and its alternatives to the default, as build flags."""
+
+    name: str
+    default: str
+    alternatives: dict[str, tuple[str, ...]]
+    needs: str | None = None  # the instruction set on which the alternatives differ from the default, if one
+    min_threads: int = 1  # fewer threads than this: the alternatives change nothing
+
+
+# In the order they are tuned (each with the choices before it fixed): the largest effects first.
+SETTINGS = (
+    Setting("tiles", "narrow", {"wide": ("-DLKDN_WIDE_TILES=1",)}),
+    Setting("vectors", "512", {"256": ("-mno-avx512f",)}, needs="AVX-512"),
+    Setting("strip", "256", {"128": ("-DLKDN_STRIP=128",), "512": ("-DLKDN_STRIP=512",)}),
+    Setting("depthwise", "full", {"half": ("-DLKDN_DEPTHWISE_PIXELS=kDefaultDepthwisePixels/2",)}),
+    Setting(
+        "caller_share",
+        "100",
+        {"90": ("-DLKDN_CALLER_SHARE=90",), "110": ("-DLKDN_CALLER_SHARE=110",)},
+        min_threads=2,
+    ),
+)
+BY_SETTING = {setting.name: setting for setting in SETTINGS}
+Choice = dict[str, str]  # setting -> value; a setting left out is at its default
+
+
+def flags_of(choice: Choice) -> tuple[str, ...]:
+    """The build flags of a choice (the default build: none)."""
+    return tuple(flag for s in SETTINGS if choice.get(s.name, s.default) != s.default
+                 for flag in s.alternatives[choice[s.name]])  # fmt: skip
+
+
+def name_of(choice: Choice) -> str:
+    """'default', or the settings that differ from it: 'tiles=wide,strip=512'."""
+    changed = [f"{s.name}={choice[s.name]}" for s in SETTINGS if choice.get(s.name, s.default) != s.default]
+    return ",".join(changed) or "default"
+
+
+def parse_choice(text: str) -> Choice:
+    """'tiles=wide,strip=512' (or 'default') as a choice; ValueError naming what is not a setting's value."""
+    choice: Choice = {}
+    for item in filter(None, text.split(",")):
+        if item == "default":
+            continue
+        name, _, value = item.partition("=")
+        if not _valid({name: value}):
+            known = "; ".join(f"{s.name}={'|'.join([s.default, *s.alternatives])}" for s in SETTINGS)
+            raise ValueError(f"{item!r} is not a kernel setting ({known})")
+        choice[name] = value
+    return choice
+
+
+def _valid(choice: object) -> bool:
+    return isinstance(choice, dict) and all(
+        name in BY_SETTING and (value == BY_SETTING[name].default or value in BY_SETTING[name].alternatives)
+        for name, value in choice.items()
+    )
+
+
+def settings(threads: int) -> list[Setting]:
+    """The settings whose alternatives differ from the default on this CPU at `threads`."""
+    isa = vector_isa()
+    return [s for s in SETTINGS if (s.needs is None or s.needs == isa) and threads >= s.min_threads]
+
+
+def fingerprint() -> str:
+    """What a choice depends on besides the thread count and width: the CPU, the compiler, the kernel source."""
+    compiler = (
+        os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++") or ""
+    )
+    sources = [SOURCE, *sorted(build.INCLUDE.glob("*.h"))]
+    parts = [cpu_description(), build._cpu_key(), compiler, *(path.read_text() for path in sources)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def record_key(threads: int, channels: int) -> str:
+    return f"{fingerprint()}/{threads}t/{channels}c"
+
+
+def record_path() -> Path:
+    return build.cache_dir() / RECORD
+
+
+def read_records(path: Path | None = None) -> dict[str, dict]:
+    """The kept choices; an unreadable or malformed file, or a record naming no candidate, counts as absent."""
+    path = path or record_path()
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(records, dict):
+        return {}
+    return {
+        key: record
+        for key, record in records.items()
+        if isinstance(record, dict) and _valid(record.get("choice"))
+    }
+
+
+def _write_record(key: str, record: dict) -> None:
+    path = record_path()
+    records = read_records(path)  # read again just before writing: another process may have added its own
+    records[key] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+
+def _say(text: str) -> None:
+    print(f"native kernels: {text}", file=sys.stderr, flush=True)
+
+
+class Timer:
+    """Checks candidate builds against the reference module and times them against each other on `model` at the
+    current thread count (see the module's doc): a runner per build, made once."""
+
+    def __init__(self, model: LKDN) -> None:
+        self.model = model
+        generator = torch.Generator().manual_seed(0)
+        self.inputs = [torch.rand(1, 3, h, w, generator=generator) for h, w in SIZES]
+        self.check = torch.rand(1, 3, 21, 35, generator=generator)
+        with torch.inference_mode():
+            self.expected = model(self.check)
+        self.runners: dict[tuple[str, ...], NativeLKDN] = {}
+
+    def usable(self, flags: tuple[str, ...]) -> str | None:
+        """None when the build runs here and matches the reference within ATOL, else why not."""
+        if flags in self.runners:
+            return None
+        try:
+            runner = NativeLKDN(self.model, build=flags).eval()
+            with torch.inference_mode():
+                diff = (runner(self.check) - self.expected).abs().max().item()
+                for x in self.inputs:  # warm-up: rings and workspace allocated, code paged in
+                    runner(x)
+        except KernelUnavailable as err:
+            return f"does not build ({err})"
+        if not diff <= ATOL:  # NaN included
+            return f"differs from the reference by {diff:.2e}"
+        self.runners[flags] = runner
+        return None
+
+    def compare(self, current: tuple[str, ...], others: list[tuple[str, ...]]) -> list[float]:
+        """Each of `others`' time relative to `current`'s: the median over rounds of the ratio of their times in
+        one round (the order rotating), so that a busy machine's drift between rounds cancels."""
+        builds = [current, *others]
+        ratios: list[list[float]] = [[] for _ in others]
+        with torch.inference_mode():
+            for round_ in range(ROUNDS):
+                spent = [0.0] * len(builds)
+                for k in range(len(builds)):
+                    i = (k + round_) % len(builds)
+                    for x in self.inputs:
+                        start = time.perf_counter()
+                        self.runners[builds[i]](x)
+                        spent[i] += time.perf_counter() - start
+                for j in range(len(others)):
+                    ratios[j].append(spent[j + 1] / spent[0])
+        return [statistics.median(r) for r in ratios]
+
+
+def tune(
+    model: LKDN, say: Callable[[str], None] = _say, timer: Callable[[LKDN], Timer] = Timer
+) -> tuple[Choice, list[str]]:
+    """Tune the settings one after another from the default build: for each, its alternatives are built, checked
+    and timed against the current choice, and the fastest replaces it if it takes at most MARGIN of its time.
+    Returns the choice and what was measured, one line per setting."""
+    time_ = timer(model)
+    choice: Choice = {}
+    reason = time_.usable(())
+    if reason is not None:
+        raise KernelUnavailable(f"the default build: {reason}")
+    lines = []
+    for setting in settings(torch.get_num_threads()):
+        values, builds, notes = [], [], []
+        for value in setting.alternatives:
+            flags = flags_of({**choice, setting.name: value})
+            reason = time_.usable(flags)
+            if reason is None:
+                values.append(value)
+                builds.append(flags)
+            else:
+                notes.append(f"{value}: {reason}")
+        current = choice.get(setting.name, setting.default)
+        if builds:
+            relative = time_.compare(flags_of(choice), builds)
+            best = min(range(len(values)), key=relative.__getitem__)
+            notes = [f"{value} {r:.3f}" for value, r in zip(values, relative, strict=True)] + notes
+            if relative[best] <= MARGIN:
+                choice[setting.name] = values[best]
+        lines.append(
+            f"{setting.name}: {current} 1, {', '.join(notes)} -> {choice.get(setting.name, setting.default)}"
+        )
+        say(lines[-1])
+    return choice, lines
+
+
+def chosen_build(
+    model: LKDN, threads: int | None = None, tuner: Callable[..., tuple[Choice, list[str]]] = tune
+) -> Choice:
+    """The kernel build for `model` at `threads` (default: torch's): the kept choice, or one tuned now (a few
+    seconds, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0."""
+    mode = os.environ.get(ENV, "").strip().lower()
+    if mode in ("0", "off", "no", "false"):
+        return {}
+    load_kernel()  # the default build must work (KernelUnavailable otherwise): it is the fallback
+    threads = threads or torch.get_num_threads()
+    key = record_key(threads, model.num_feat)
+    record = read_records().get(key)
+    if record is not None and mode != "force":
+        return record["choice"]
+    plural = "s" if threads > 1 else ""
+    _say(
+        f"tuning for {cpu_description()}, {threads} thread{plural} (once; a few seconds, and the builds the "
+        f"first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        choice, lines = tuner(model)
+    finally:
+        torch.set_num_threads(previous)
+    _say(f"chose {name_of(choice)}; kept in {record_path()}")
+    record = {
+        "choice": choice,
+        "name": name_of(choice),
+        "cpu": cpu_description(),
+        "threads": threads,
+        "channels": model.num_feat,
+        "measured": lines,
+        "tuned": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        _write_record(key, record)
+    except OSError as err:  # an unwritable cache: the choice holds for this process only
+        _say(f"could not keep the choice in {record_path()} ({err.strerror or err})")
+    return choice
