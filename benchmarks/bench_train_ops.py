@@ -14,30 +14,18 @@ One LKDN-S-sized batch (channels-last), median times in ms:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from train.native_conv_grad import depthwise_weight_grad, pointwise_backward
 from utils.cli import positive_int
+from utils.measure.timing import median_ms
 
 CHANNELS = 42
 SHAPES = [(3, 3, 1), (5, 1, 1), (1, 5, 1), (5, 5, 1), (3, 3, 3), (5, 5, 3)]  # (kh, kw, dilation)
 # LKDN-S's 1x1 convs (in channels, out channels of each conv of that input)
 POINTWISE = [(42, (42,)), (42, (21,)), (84, (42,)), (210, (42,)), (42, (42, 21))]
-
-
-def median_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def measure_shape(x: torch.Tensor, grad: torch.Tensor, kh: int, kw: int, dilation: int, runs: int) -> str:

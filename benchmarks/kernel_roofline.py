@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from bench_inference import load_model  # this script's folder
 from models import LKDN
 from utils.device import cpu_description
 from utils.errors import UserError, run_cli
+from utils.measure.timing import median_ms
 from utils.native.build import build_and_load
 from utils.runtime import native
 from utils.runtime.native_tune import chosen_build, flags_of, name_of, parse_choice
@@ -55,16 +54,6 @@ def conv_macs_per_pixel(module: torch.nn.Module) -> int:
     )
 
 
-def _median_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def stage_times(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int) -> dict[str, float]:
     """Milliseconds of the whole network, one block and the tail on one thread (seeded random inputs)."""
     runner = native.NativeLKDN(model, flags).eval()
@@ -78,12 +67,12 @@ def stage_times(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int) 
     eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
     with torch.inference_mode():
         return {
-            "network": _median_ms(lambda: runner(x), runs),
-            "block": _median_ms(
+            "network": median_ms(lambda: runner(x), runs),
+            "block": median_ms(
                 lambda: lib.lkdb_forward(feat.data_ptr(), out.data_ptr(), 1, h, w, c, runner.packed0.data_ptr(), eps, 1),
                 runs,
             ),
-            "tail": _median_ms(
+            "tail": median_ms(
                 lambda: lib.lkdn_tail(native._pointers(hidden), blocks, feat.data_ptr(), sr.data_ptr(), 1, h, w, c,
                                       runner.packed_tail.data_ptr(), 1),
                 runs,

@@ -304,6 +304,10 @@ def download_set(
             source.url(base_url), archive, sha256=expected, progress=progress, max_bytes=source.max_bytes
         )
     fix = "it was deleted: re-run to download it again, and if it persists the file on the server has changed"
+    if (
+        content_only
+    ):  # the pixels are the only check: say how to take the archive on its published digest instead
+        fix += f" (to take it as published: --sha256 {source.name}=<the SHA256 shown on {source.page}>)"
     images = ((name, data, f"{archive}:{name}") for name, data in _tar_images(archive, source, fix))
     try:
         note = _lay_out(

@@ -43,6 +43,13 @@ def test_readme_examples_leave_a_fresh_clone_clean(tmp_path):
         (clone / "data" / folder).mkdir(parents=True)
         cv2.imwrite(str(clone / "data" / folder / name), img)
 
+    sets = tmp_path / "my_sets" / "T91"  # a set the user has: laid out in benchmark/ and train_data/
+    sets.mkdir(parents=True)
+    cv2.imwrite(str(sets / "t1.png"), hr)
+    _run(clone, "-m", "data.download_benchmarks", "--from_dir", str(sets), "--name", "Set5")
+    _run(clone, "-m", "data.download_benchmarks", "--from_dir", str(sets), "--name", "T91", "--train")
+    _run(clone, "test_demo.py", "--benchmark_dir", "benchmark", "--save_dir", "results/")
+    assert (clone / "train_data" / "T91" / "t1.png").is_file()
     _run(clone, "inference.py", "-i", str(photos), "-o", "upscaled/")
     _run(clone, "test_demo.py", "--data_dir", "data/", "--allow_partial")
     _run(

@@ -130,8 +130,9 @@ def test_pixels_are_the_check_where_no_archive_hash_is_known(tiny_set, tmp_path,
     server, source, _ = tiny_set
     monkeypatch.setitem(db.SOURCES, "Tiny", db.Source(**{**source.__dict__, "sha256": None}))
     monkeypatch.setitem(db.CONTENT_SHA256, "Tiny", "2" * 64)
-    with pytest.raises(UserError, match="HR pixels differ"):
+    with pytest.raises(UserError, match="HR pixels differ") as err:
         _run(server, tmp_path)
+    assert f"--sha256 Tiny=<the SHA256 shown on {source.page}>" in str(err.value)
     assert not (tmp_path / "bench").exists()
     monkeypatch.setitem(db.CONTENT_SHA256, "Tiny", _digest(_images()))
     assert _run(server, tmp_path) == 0

@@ -8,6 +8,7 @@ unavailable or ignored, a psutil sampling thread). CPU figures are not comparabl
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,17 @@ def timed_ms(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     start_s = time.perf_counter()
     result = fn()
     return result, (time.perf_counter() - start_s) * 1000.0
+
+
+def median_ms(fn: Callable[[], object], runs: int) -> float:
+    """The median wall time of `runs` calls of fn on a CPU, in milliseconds, after one untimed call (warm-up)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def _status_bytes(field: str) -> int | None:
