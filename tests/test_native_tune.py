@@ -4,6 +4,7 @@ record and when it tunes again."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -166,6 +167,19 @@ def test_tuning_can_be_skipped_or_forced(records, model, monkeypatch):
     monkeypatch.setenv(tune.ENV, "force")
     tune.chosen_build(model, 1, tuner)
     assert calls == [1, 1]
+
+
+def test_the_command_tunes_even_where_tuning_is_off_and_forces_when_asked(records, monkeypatch, capsys):
+    path, calls, tuner = records
+    monkeypatch.setattr(tune, "tune", tuner)
+    monkeypatch.setenv(tune.ENV, "0")  # as in the tests' environment: the command is an explicit request
+    assert tune.main(["--threads", "1"]) == 0
+    assert tune.main(["--threads", "1"]) == 0
+    assert calls == [1]
+    assert tune.main(["--threads", "1", "--force"]) == 0
+    assert calls == [1, 1]
+    assert capsys.readouterr().out.splitlines()[0].startswith("1 thread: tiles=wide (")
+    assert os.environ[tune.ENV] == "0"  # the setting of the process around it is left as it was
 
 
 def test_parse_choice_names_the_settings():

@@ -10,11 +10,13 @@ rounds on two input sizes; an alternative replaces the current value if it takes
 choice is kept in `native_tuning.json` beside the compiled kernels, keyed by the CPU (model and instruction-set
 flags), the compiler and kernel source, the thread count and the network's width: another CPU, compiler, source
 or thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the
-default build), LKDN_NATIVE_TUNE=force tunes again.
+default build), LKDN_NATIVE_TUNE=force tunes again. `python -m utils.runtime.native_tune [--threads 1 2] [--force]`
+tunes now (or shows the kept choice) and says how long it took.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -28,13 +30,17 @@ from pathlib import Path
 
 import torch
 
-from models import LKDN
+from models import BUNDLED_CHECKPOINT, LKDN
+from utils.cli import positive_int
 from utils.device import cpu_description, vector_isa
+from utils.errors import run_cli
 from utils.files.atomic_write import write_text_atomic
+from utils.files.checkpoint import build_model_from_checkpoint
 from utils.native import build
 from utils.runtime.native import SOURCE, KernelUnavailable, NativeLKDN, load_kernel
 
 ENV = "LKDN_NATIVE_TUNE"
+SKIP = ("0", "off", "no", "false")  # values of ENV that skip tuning
 RECORD = "native_tuning.json"
 ATOL = 2e-5  # the native kernels' bound on the difference from the reference module (float32)
 MARGIN = 0.98  # a candidate replaces the default build only if it takes at most this share of its time
@@ -241,12 +247,16 @@ def tune(
 
 
 def chosen_build(
-    model: LKDN, threads: int | None = None, tuner: Callable[..., tuple[Choice, list[str]]] = tune
+    model: LKDN,
+    threads: int | None = None,
+    tuner: Callable[..., tuple[Choice, list[str]]] | None = None,
+    mode: str | None = None,
 ) -> Choice:
-    """The kernel build for `model` at `threads` (default: torch's): the kept choice, or one tuned now (a few
-    seconds, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0."""
-    mode = os.environ.get(ENV, "").strip().lower()
-    if mode in ("0", "off", "no", "false"):
+    """The kernel build for `model` at `threads` (default: torch's): the kept choice, or one tuned now (about
+    10 s, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0. `mode` overrides that
+    variable ("": tune if no choice is kept, "force", "0")."""
+    mode = (os.environ.get(ENV, "") if mode is None else mode).strip().lower()
+    if mode in SKIP:
         return {}
     load_kernel()  # the default build must work (KernelUnavailable otherwise): it is the fallback
     threads = threads or torch.get_num_threads()
@@ -256,13 +266,13 @@ def chosen_build(
         return record["choice"]
     plural = "s" if threads > 1 else ""
     _say(
-        f"tuning for {cpu_description()}, {threads} thread{plural} (once; a few seconds, and the builds the "
-        f"first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
+        f"tuning for {cpu_description()}, {threads} thread{plural} (once: about 10 s, and a few seconds per build "
+        f"the first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
     )
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        choice, lines = tuner(model)
+        choice, lines = (tuner or tune)(model)
     finally:
         torch.set_num_threads(previous)
     _say(f"chose {name_of(choice)}; kept in {record_path()}")
@@ -280,3 +290,25 @@ def chosen_build(
     except OSError as err:  # an unwritable cache: the choice holds for this process only
         _say(f"could not keep the choice in {record_path()} ({err.strerror or err})")
     return choice
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Tune now (or show the kept choice) for the bundled weights' network at each thread count asked for."""
+    parser = argparse.ArgumentParser(
+        description="Tune the native kernels for this CPU (kept for later runs)."
+    )
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[torch.get_num_threads()])
+    parser.add_argument("--force", action="store_true", help="tune again even where a choice is kept")
+    args = parser.parse_args(argv)
+    model = build_model_from_checkpoint(BUNDLED_CHECKPOINT).eval()
+    for threads in args.threads:  # an explicit request: it tunes whatever LKDN_NATIVE_TUNE says
+        start = time.perf_counter()
+        choice = chosen_build(model, threads, mode="force" if args.force else "")
+        print(
+            f"{threads} thread{'s' if threads > 1 else ''}: {name_of(choice)} ({time.perf_counter() - start:.1f} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
