@@ -25,11 +25,65 @@ from models import LKDN
 from utils.device import cpu_description
 from utils.errors import UserError, run_cli
 from utils.measure.timing import median_ms
+from utils.native import build
 from utils.native.build import build_and_load
 from utils.runtime import native
 from utils.runtime.native_tune import chosen_build, flags_of, name_of, parse_choice
 
 PEAK_SOURCE = Path(__file__).with_name("kernels") / "fma_peak.cpp"
+PARTS_SOURCE = Path(__file__).with_name("kernels") / "kernel_parts.cpp"
+PARTS = (  # kernel_parts.cpp's parts, in its order, and how many of each one block runs per pixel
+    ("distillation product (42 -> 63)", 3),
+    ("product 42 -> 42 (LKA, c6)", 2),
+    ("product 84 -> 42 (c5)", 1),
+    ("product 42 -> 21 (c4)", 1),
+    ("depthwise 3x3, 42 channels", 3),
+    ("depthwise 3x3, 21 channels", 1),
+    ("depthwise 5x5", 1),
+    ("depthwise 5x5, dilation 3", 1),
+)
+
+
+def load_parts(flags: tuple[str, ...]) -> ctypes.CDLL:
+    """kernel_parts.cpp built with the kernels' flags (not cached: it includes the kernel source whole)."""
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lkdn_parts_"))
+    target = folder / "parts.so"
+    compiler = build.os.environ.get("CXX") or "c++"
+    cmd = [compiler, "-O3", "-march=native", *flags, "-std=c++17", "-shared", "-fPIC", f"-I{build.INCLUDE}",
+           f"-I{native.SOURCE.parent}", str(PARTS_SOURCE), "-o", str(target)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise UserError(f"{PARTS_SOURCE}: does not build here ({done.stderr.strip()[:200]})")
+    lib = ctypes.CDLL(str(target))
+    lib.kernel_part.restype = ctypes.c_double
+    lib.kernel_part.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(ctypes.c_double)]
+    return lib
+
+
+def part_rows(flags: tuple[str, ...], peak: float, lanes: int) -> tuple[list[str], float]:
+    """A line per part (ns per pixel, GMAC/s of what it computes, share of the peak) and the nanoseconds per
+    pixel one block's parts add up to (GELU included)."""
+    lib = load_parts(flags)
+    macs = ctypes.c_double()
+    lines, block_ns = [], 0.0
+    for i, (name, per_block) in enumerate(PARTS):
+        seconds = lib.kernel_part(i, 2000, ctypes.byref(macs))
+        ns = seconds / 256 * 1e9
+        block_ns += per_block * ns
+        lines.append(
+            f"  {name:34s} {ns:7.2f} ns/pixel {macs.value / seconds / 1e9:6.1f} GMAC/s {macs.value / seconds / peak:6.1%}"
+        )
+    gelu_ns = lib.kernel_part(8, 2000, ctypes.byref(macs)) / 256 * 1e9
+    c, d = 42, 21
+    vectors = (
+        3 * (-(-(c + d) // lanes) - c // lanes) + 3 * -(-c // lanes) + -(-d // lanes)
+    )  # GELU'd per pixel
+    block_ns += vectors * gelu_ns
+    lines.append(f"  {'GELU':34s} {gelu_ns:7.2f} ns/vector ({vectors} vectors per pixel in a block)")
+    return lines, block_ns
 
 
 def fma_peak(flags: tuple[str, ...] = (), rounds: int = 50_000_000) -> tuple[float, int]:
@@ -112,6 +166,13 @@ def main() -> int:
     for stage, ms in times.items():
         rate = macs[stage] * pixels / (ms / 1e3)
         print(f"  {stage:8s} {ms:8.1f} ms {macs[stage]:7d} {rate / 1e9:6.1f} {rate / peak:6.1%}")
+    lines, block_ns = part_rows(flags, peak, lanes)
+    print("the block's parts alone (one row of 256 pixels in L1, padded channels counted):")
+    print("\n".join(lines))
+    print(
+        f"one block's parts add up to {block_ns:.0f} ns per pixel; the block took {times['block'] * 1e6 / pixels:.0f}"
+        " (the rest: LayerNorm, stores, the rings' cache misses)"
+    )
     return 0
 
 

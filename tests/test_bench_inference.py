@@ -83,8 +83,10 @@ def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kernel build: tiles=wide; FMA peak:" in done.stdout
     shares = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in done.stdout.splitlines()
-              if line.startswith("  ")}  # fmt: skip
-    assert set(shares) == {"network", "block", "tail"} and all(0 < share < 100 for share in shares.values())
+              if line.startswith(("  network", "  block", "  tail", "  depthwise", "  product"))}  # fmt: skip
+    assert {"network", "block", "tail", "depthwise", "product"} <= set(shares)
+    assert all(0 < share < 200 for share in shares.values())  # percent (a busy machine may skew the peak)
+    assert "GELU" in done.stdout and "one block's parts add up to" in done.stdout
 
 
 def test_a_bad_size_is_one_line_and_exit_2(tmp_path):
