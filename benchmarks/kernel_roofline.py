@@ -51,7 +51,7 @@ def load_parts(flags: tuple[str, ...]) -> ctypes.CDLL:
 
     folder = Path(tempfile.mkdtemp(prefix="lkdn_parts_"))
     target = folder / "parts.so"
-    compiler = build.os.environ.get("CXX") or "c++"
+    compiler = build.find_compiler() or "c++"
     cmd = [compiler, "-O3", "-march=native", *flags, "-std=c++17", "-shared", "-fPIC", f"-I{build.INCLUDE}",
            f"-I{native.SOURCE.parent}", str(PARTS_SOURCE), "-o", str(target)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

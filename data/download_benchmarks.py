@@ -144,10 +144,14 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
+    """Encode and write, fsynced: the folder it is in is renamed into place as a whole once every image is."""
     ok, encoded = cv2.imencode(".png", img)
     if not ok:  # pragma: no cover - PNG encodes every 8-bit image
         raise UserError(f"{path}: cannot encode the image as PNG")
-    path.write_bytes(encoded.tobytes())
+    with open(path, "wb") as f:
+        f.write(encoded.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class _Staging:
@@ -156,7 +160,11 @@ class _Staging:
     def __init__(self, final: Path, *, train: bool) -> None:
         self.final, self.train = final, train
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=f".{final.name}.writing.", dir=final.parent))
+        for stale in final.parent.glob(
+            f".{final.name}.extracting.*"
+        ):  # a killed run's (the caller holds the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        self.root = Path(tempfile.mkdtemp(prefix=f".{final.name}.extracting.", dir=final.parent))
         self.hr_dir = self.root if train else self.root / "HR"
         self.lr_dir = self.root / f"LR_bicubic_x{SCALE}"
         self.hr_dir.mkdir(exist_ok=True)
@@ -255,7 +263,7 @@ def _lay_out(
     content_required: bool,
     fix: str,
 ) -> str:
-    """Write the decoded `images` (name, bytes, origin) as set `name` at `final`; returns the content note."""  # fmt: skip
+    """Write the decoded `images` (name, bytes, origin) as set `name` at `final`; returns the content note."""
     staging = _Staging(final, train=train)
     try:
         for file_name, data, origin in images:
@@ -377,7 +385,7 @@ def _parse_sha256(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sets", nargs="+", default=list(DEFAULT_SETS), metavar="SET",
+        "--sets", nargs="+", metavar="SET",
         help=f"sets to download: {', '.join(SOURCES)} (default: {' '.join(DEFAULT_SETS)})",
     )  # fmt: skip
     parser.add_argument("--benchmark_dir", type=Path, default=Path("benchmark"), help="where the sets go")
@@ -399,12 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.from_dir is not None and (args.sets or args.sha256):
+        raise UserError(
+            "--from_dir lays out a folder you have, --sets and --sha256 are for downloads: give one"
+        )
+    if args.from_dir is None and (args.name or args.train):
+        raise UserError("--name and --train go with --from_dir FOLDER (a folder of HR images to lay out)")
     if args.from_dir is not None:
         dest = args.train_dir if args.train else args.benchmark_dir
         name = args.name or args.from_dir.resolve().name
         with download_session(dest, "--train_dir" if args.train else "--benchmark_dir", OFFLINE):
             lay_out_folder(args.from_dir, name, dest, train=args.train)
         return 0
+    args.sets = args.sets or list(DEFAULT_SETS)
     for name in args.sets:
         if name in NO_SOURCE:
             raise UserError(

@@ -219,6 +219,22 @@ def test_from_dir_training_set_is_hr_only_where_prepare_reads_it(tmp_path, capsy
     assert "Mine ready, 4 HR images" in capsys.readouterr().out
 
 
+def test_a_killed_runs_staging_folder_is_removed_by_the_next(tiny_set, tmp_path):
+    server, _, _ = tiny_set
+    stale = tmp_path / "bench" / ".Tiny.extracting.abc123"
+    (stale / "HR").mkdir(parents=True)
+    assert _run(server, tmp_path) == 0
+    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == ["Tiny"]
+
+
+def test_flags_of_the_two_modes_are_not_mixed(tmp_path):
+    with pytest.raises(UserError, match="give one"):
+        db.main(["--from_dir", str(tmp_path), "--sets", "Set5", "--benchmark_dir", str(tmp_path / "b")])
+    with pytest.raises(UserError, match="go with --from_dir"):
+        db.main(["--name", "Mine", "--benchmark_dir", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+
+
 def test_from_dir_errors_name_the_folder(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
         db.main(["--from_dir", str(tmp_path / "nope"), "--benchmark_dir", str(tmp_path / "b")])

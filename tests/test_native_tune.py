@@ -11,6 +11,7 @@ import torch
 from test_fast_inference import ATOL, perturbed, reference_output
 
 from models import lkdn, lkdn_s
+from utils.errors import FatalError
 from utils.runtime import native_tune as tune
 from utils.runtime.native import NativeLKDN, native_available
 
@@ -140,7 +141,7 @@ def test_another_cpu_or_kernel_source_tunes_again(records, model, monkeypatch):
     monkeypatch.setattr(tune, "cpu_description", lambda: "Another CPU (x86_64, AVX2)")
     tune.chosen_build(model, 1, tuner)
     assert len(calls) == 2
-    monkeypatch.setattr(tune.build, "_cpu_key", lambda: "flags : fpu sse2")
+    monkeypatch.setattr(tune.build, "cpu_key", lambda: "flags : fpu sse2")
     tune.chosen_build(model, 1, tuner)
     assert len(calls) == 3 and len(json.loads(path.read_text())) == 3
 
@@ -156,6 +157,19 @@ def test_an_unreadable_record_is_ignored_and_redone(records, model, damage):
     assert tune.chosen_build(model, 1, tuner) == {"tiles": "wide"}
     assert calls == [1]
     assert json.loads(path.read_text())  # rewritten whole
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_choice_for_the_process_only(
+    records, model, monkeypatch, capsys
+):
+    path, calls, tuner = records
+
+    def full(key, record):
+        raise FatalError(f"{path}: no space left on the device; free disk space and re-run")
+
+    monkeypatch.setattr(tune, "_write_record", full)
+    assert tune.chosen_build(model, 1, tuner) == {"tiles": "wide"}
+    assert "could not keep the choice" in capsys.readouterr().err and not path.exists()
 
 
 def test_tuning_can_be_skipped_or_forced(records, model, monkeypatch):

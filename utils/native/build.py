@@ -34,7 +34,7 @@ class KernelUnavailable(RuntimeError):
     """A native kernel cannot be built or loaded here (the message says why)."""
 
 
-def _cpu_key() -> str:
+def cpu_key() -> str:
     """What a `-march=native` binary depends on: the CPU's instruction-set flags where Linux lists them."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -43,6 +43,11 @@ def _cpu_key() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def find_compiler() -> str | None:
+    """The C++ compiler the kernels are built with: $CXX, else c++, g++ or clang++ on the PATH."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
 def cache_dir() -> Path:
@@ -118,7 +123,7 @@ def build_and_load(source: Path, openmp: bool = False, extra_flags: tuple[str, .
     runtime and threads (the same soname, libgomp.so.1, is already loaded). Without it the source's
     `#pragma omp` lines are ignored and it runs on one thread. `extra_flags` (a tuning candidate's `-D` settings
     or vector width) are added to the `-march=native` builds only: they choose among what this CPU runs."""
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    compiler = find_compiler()
     if compiler is None:
         raise KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
     # what the library depends on besides the flags: the source, the headers it can include, the compiler, the CPU
@@ -129,7 +134,7 @@ def build_and_load(source: Path, openmp: bool = False, extra_flags: tuple[str, .
         raise KernelUnavailable(
             f"{source}: kernel source unreadable ({err.strerror}); reinstall the repository"
         ) from None
-    depends = [*texts, compiler, _cpu_key()]
+    depends = [*texts, compiler, cpu_key()]
     errors = []
     flag_sets = [[*flags, "-fopenmp"] for flags in FLAG_SETS] if openmp else []
     flag_sets = [*flag_sets, *FLAG_SETS]

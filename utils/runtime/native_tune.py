@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ import torch
 from models import BUNDLED_CHECKPOINT, LKDN
 from utils.cli import positive_int
 from utils.device import cpu_description, vector_isa
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_text_atomic
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.native import build
@@ -117,11 +116,13 @@ def settings(threads: int) -> list[Setting]:
 
 def fingerprint() -> str:
     """What a choice depends on besides the thread count and width: the CPU, the compiler, the kernel source."""
-    compiler = (
-        os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++") or ""
-    )
     sources = [SOURCE, *sorted(build.INCLUDE.glob("*.h"))]
-    parts = [cpu_description(), build._cpu_key(), compiler, *(path.read_text() for path in sources)]
+    parts = [
+        cpu_description(),
+        build.cpu_key(),
+        build.find_compiler() or "",
+        *(p.read_text() for p in sources),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -287,8 +288,8 @@ def chosen_build(
     }
     try:
         _write_record(key, record)
-    except OSError as err:  # an unwritable cache: the choice holds for this process only
-        _say(f"could not keep the choice in {record_path()} ({err.strerror or err})")
+    except (OSError, UserError) as err:  # an unwritable or full cache: the choice holds for this process only
+        _say(f"could not keep the choice in {record_path()} ({getattr(err, 'strerror', None) or err})")
     return choice
 
 
