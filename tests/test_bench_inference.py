@@ -97,3 +97,20 @@ def test_a_bad_size_is_one_line_and_exit_2(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --sizes: '8by8' is not HxW (e.g. 80x120) or div2k"
+
+
+@pytest.mark.skipif(
+    native_available() is not None, reason=f"native kernels unavailable: {native_available()}"
+)
+def test_the_barrier_waits_of_each_member_are_counted_in_a_profiling_build_only(tmp_path):
+    from utils.runtime.native import load_kernel
+
+    assert load_kernel().lkdn_barrier_wait_ns(0) == -1  # the build the network runs counts nothing
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "barrier_waits.py"), "--threads", "2", "--sizes", "16x40",
+         "--runs", "2", "--build", "default", "--model_path", str(tmp_path / "absent.pth")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("LR 16x40")]
+    assert "member 0 (caller)" in line and "member 1" in line

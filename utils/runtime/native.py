@@ -47,6 +47,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lkdn_features_params_size.argtypes = [i32]
     lib.lkdn_tail.restype = i32
     lib.lkdn_tail.argtypes = [ptr, i32, ptr, ptr, i32, i32, i32, i32, ptr, i32]
+    lib.lkdn_barrier_wait_ns.restype = ctypes.c_long
+    lib.lkdn_barrier_wait_ns.argtypes = [i32]
     lib.lkdn_forward.restype = i32
     lib.lkdn_forward.argtypes = [ptr, ptr, ptr, ptr, *[i32] * 5, ptr, ptr, ptr, ptr, i32]
 

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -358,6 +359,15 @@ size_t floats(std::initializer_list<Ring*> rings) {
     return total;
 }
 
+// LKDN_PROFILE_WAITS=1: the barrier counts the time each member waits at it (benchmarks/barrier_waits.py reads
+// it through lkdn_barrier_wait_ns); the build the network runs leaves it out.
+#ifndef LKDN_PROFILE_WAITS
+#define LKDN_PROFILE_WAITS 0
+#endif
+constexpr int kProfiledMembers = 64;
+std::atomic<long> g_wait_ns[kProfiledMembers];
+thread_local int t_member = 0;  // the calling thread's member number in the team it runs in
+
 // Threads that work on one image together: `run` starts them, `wait` is the barrier between pipeline steps.
 class Team {
   public:
@@ -376,13 +386,18 @@ class Team {
             {
 #pragma omp single
                 size_ = omp_get_num_threads();  // the end of `single` is a barrier: every member sees it
-                fn(omp_get_thread_num());
+                t_member = omp_get_thread_num();
+                fn(t_member);
             }
             return;
         }
 #endif
         std::vector<std::thread> others;
-        for (int m = 1; m < size_; ++m) others.emplace_back([&fn, m] { fn(m); });
+        for (int m = 1; m < size_; ++m) others.emplace_back([&fn, m] {
+            t_member = m;
+            fn(m);
+        });
+        t_member = 0;
         fn(0);
         for (auto& t : others) t.join();
     }
@@ -391,17 +406,13 @@ class Team {
     // short to sleep), yielding the core when a member is late (a busy machine may have descheduled it).
     void wait() {
         if (size_ == 1) return;
-        const int generation = generation_.load(std::memory_order_acquire);
-        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
-            arrived_.store(0, std::memory_order_relaxed);
-            generation_.fetch_add(1, std::memory_order_release);
-            return;
-        }
-        for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-            if (spins < 4000)
-                pause();
-            else
-                std::this_thread::yield();
+        if constexpr (LKDN_PROFILE_WAITS != 0) {
+            const auto start = std::chrono::steady_clock::now();
+            spin();
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+            g_wait_ns[std::min(t_member, kProfiledMembers - 1)] += long(ns.count());
+        } else {
+            spin();
         }
     }
 
@@ -426,6 +437,21 @@ class Team {
     }
 
   private:
+    void spin() {
+        const int generation = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
+            arrived_.store(0, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_release);
+            return;
+        }
+        for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+            if (spins < 4000)
+                pause();
+            else
+                std::this_thread::yield();
+        }
+    }
+
     // The first column of member m's share of n columns.
     int cut(int n, int m) const {
         if (m == 0) return 0;
@@ -878,6 +904,13 @@ long lkdb_params_size(int channels) {
         case 56: return long(Params(Widths<56>{}, nullptr).size);
         default: return 0;
     }
+}
+
+// Nanoseconds team member `member` waited at the barriers since the last call (and resets it); -1 in a build
+// without LKDN_PROFILE_WAITS.
+long lkdn_barrier_wait_ns(int member) {
+    if (!LKDN_PROFILE_WAITS || member < 0 || member >= kProfiledMembers) return -1;
+    return g_wait_ns[member].exchange(0);
 }
 
 // Floats in one vector: channel counts are padded to a multiple of it inside the packed weights.
