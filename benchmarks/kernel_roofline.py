@@ -44,7 +44,7 @@ PARTS = (  # kernel_parts.cpp's parts, in its order, and how many of each one bl
 )
 
 
-def load_parts(flags: tuple[str, ...]) -> ctypes.CDLL:
+def load_parts(flags: tuple[str, ...], ring_offset: int = 0) -> ctypes.CDLL:
     """kernel_parts.cpp built with the kernels' flags (not cached: it includes the kernel source whole)."""
     import subprocess
     import tempfile
@@ -52,7 +52,7 @@ def load_parts(flags: tuple[str, ...]) -> ctypes.CDLL:
     folder = Path(tempfile.mkdtemp(prefix="lkdn_parts_"))
     target = folder / "parts.so"
     compiler = build.find_compiler() or "c++"
-    cmd = [compiler, "-O3", "-march=native", *flags, "-std=c++17", "-shared", "-fPIC", f"-I{build.INCLUDE}",
+    cmd = [compiler, "-O3", "-march=native", *flags, f"-DPARTS_RING_OFFSET={ring_offset}", "-std=c++17", "-shared", "-fPIC", f"-I{build.INCLUDE}",
            f"-I{native.SOURCE.parent}", str(PARTS_SOURCE), "-o", str(target)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
@@ -63,10 +63,12 @@ def load_parts(flags: tuple[str, ...]) -> ctypes.CDLL:
     return lib
 
 
-def part_rows(flags: tuple[str, ...], peak: float, lanes: int) -> tuple[list[str], float]:
+def part_rows(
+    flags: tuple[str, ...], peak: float, lanes: int, ring_offset: int = 0
+) -> tuple[list[str], float]:
     """A line per part (ns per pixel, GMAC/s of what it computes, share of the peak) and the nanoseconds per
     pixel one block's parts add up to (GELU included)."""
-    lib = load_parts(flags)
+    lib = load_parts(flags, ring_offset)
     macs = ctypes.c_double()
     lines, block_ns = [], 0.0
     for i, (name, per_block) in enumerate(PARTS):
@@ -142,6 +144,10 @@ def main() -> int:
     )
     p.add_argument("--runs", type=int, default=9)
     p.add_argument("--model_path", default=None)
+    p.add_argument(
+        "--ring_offset", type=int, default=0,
+        help="floats between a cache line's start and the depthwise parts' ring (the kernels place it at 0)",
+    )  # fmt: skip
     args = p.parse_args()
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
@@ -166,8 +172,11 @@ def main() -> int:
     for stage, ms in times.items():
         rate = macs[stage] * pixels / (ms / 1e3)
         print(f"  {stage:8s} {ms:8.1f} ms {macs[stage]:7d} {rate / 1e9:6.1f} {rate / peak:6.1%}")
-    lines, block_ns = part_rows(flags, peak, lanes)
-    print("the block's parts alone (one row of 256 pixels in L1, padded channels counted):")
+    lines, block_ns = part_rows(flags, peak, lanes, args.ring_offset)
+    where = (
+        f", the depthwise convs' ring {args.ring_offset} floats off a cache line" if args.ring_offset else ""
+    )
+    print(f"the block's parts alone (one row of 256 pixels in L1, padded channels counted{where}):")
     print("\n".join(lines))
     print(
         f"one block's parts add up to {block_ns:.0f} ns per pixel; the block took {times['block'] * 1e6 / pixels:.0f}"

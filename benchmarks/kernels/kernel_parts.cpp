@@ -9,6 +9,9 @@
 namespace {
 
 constexpr int kPixels = 256;
+#ifndef PARTS_RING_OFFSET
+#define PARTS_RING_OFFSET 0  // floats between a cache line's start and the depthwise convs' ring (the kernels: 0)
+#endif
 using S = Widths<42>;
 constexpr int NC = S::cp / kLanes, NG = S::gp / kLanes, ND = S::dp / kLanes;
 
@@ -49,8 +52,8 @@ double depthwise(long reps) {
     const int rows = 32;
     Ring src{rows, kPixels, NV * kLanes, nullptr};
     const size_t taps = K * K, nv = NV;
-    Buffer memory(src.floats(), 0.5f), w(taps * nv * kLanes, 0.01f), b(nv * kLanes, 0.0f), out(kPixels * nv * kLanes, 0.0f);
-    src.data = memory.data;
+    Buffer memory(src.floats() + PARTS_RING_OFFSET, 0.5f), w(taps * nv * kLanes, 0.01f), b(nv * kLanes, 0.0f), out(kPixels * nv * kLanes, 0.0f);
+    src.data = memory.data + PARTS_RING_OFFSET;
     const Store<NV> epi{out.data, NV * kLanes};
     return seconds_per_call([&] { depthwise_row<NV, K, DIL>(src, rows / 2, rows, 0, kPixels, w.data, b.data, epi); },
                             reps);

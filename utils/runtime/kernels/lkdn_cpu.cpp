@@ -313,7 +313,8 @@ void matmul_row(const float* in, int stride, int n, const float* w, const float*
 constexpr int kPadX = 6;  // zero columns left and right of every ring row: the dilated 5x5's reach
 // Floats in a cache line (64 bytes). Rings start on a cache line, and their rows of whole vectors are whole lines
 // then (AVX-512): a vector that straddles two lines costs two loads, and the depthwise convs, which load every
-// input vector, ran up to 1.5x slower on misaligned rings (std::vector's memory is only 16-byte aligned).
+// input vector, ran 1.1x-1.9x slower on rings 16 bytes off a line, where std::vector placed them
+// (benchmarks/kernel_roofline.py --ring_offset 4).
 constexpr int kLineFloats = 16;
 
 // The last `rows` rows of one step's output, each W pixels of `lanes` floats, with zero side columns.
