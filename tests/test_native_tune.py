@@ -73,6 +73,9 @@ class FakeTimer:
     def __init__(self, relative, broken=()):
         self.relative, self.broken = relative, set(broken)
 
+    def prepare(self, builds):
+        pass
+
     def usable(self, flags):
         return "differs from the reference by 1.00e-01" if flags in self.broken else None
 

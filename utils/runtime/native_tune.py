@@ -17,6 +17,7 @@ tunes now (or shows the kept choice) and says how long it took.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +177,16 @@ class Timer:
             self.expected = model(self.check)
         self.runners: dict[tuple[str, ...], NativeLKDN] = {}
 
+    def prepare(self, builds: list[tuple[str, ...]]) -> None:
+        """Compile `builds` at once, one compiler process each (a build that fails is reported by `usable`)."""
+
+        def build(flags: tuple[str, ...]) -> None:
+            with contextlib.suppress(KernelUnavailable):
+                load_kernel(flags)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(builds), os.cpu_count() or 1))) as pool:
+            list(pool.map(build, builds))
+
     def usable(self, flags: tuple[str, ...]) -> str | None:
         """None when the build runs here and matches the reference within ATOL, else why not."""
         if flags in self.runners:
@@ -225,6 +237,7 @@ def tune(
     lines = []
     for setting in settings(torch.get_num_threads()):
         values, builds, notes = [], [], []
+        time_.prepare([flags_of({**choice, setting.name: value}) for value in setting.alternatives])
         for value in setting.alternatives:
             flags = flags_of({**choice, setting.name: value})
             reason = time_.usable(flags)
@@ -267,7 +280,7 @@ def chosen_build(
         return record["choice"]
     plural = "s" if threads > 1 else ""
     _say(
-        f"tuning for {cpu_description()}, {threads} thread{plural} (once: about 10 s, and a few seconds per build "
+        f"tuning for {cpu_description()}, {threads} thread{plural} (once: about 10 s, and about 30 s of compiling "
         f"the first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
     )
     previous = torch.get_num_threads()
