@@ -23,15 +23,12 @@ repository knows them. A complete set is skipped; each set appears complete or n
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import os
 import re
 import shutil
-import tarfile
 import tempfile
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +36,8 @@ import cv2
 import numpy as np
 
 from utils.errors import UserError, run_cli
-from utils.files.download import download_file, download_session, png_bound
+from utils.files.download import download_file, download_session, png_bound, tar_files
+from utils.files.image_io import write_image
 from utils.image.imresize import matlab_imresize
 
 HUB_URL = "https://huggingface.co"
@@ -124,7 +122,7 @@ def content_digest(image_digests: Iterable[str]) -> str:
 
 
 def _decode(data: bytes, origin: str, fix: str) -> np.ndarray:
-    """An 8-bit image (grayscale or BGR, alpha dropped) from encoded bytes; UserError naming `origin`."""
+    """An 8-bit image (grayscale or RGB, alpha dropped) from encoded bytes; UserError naming `origin`."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None or img.size == 0:
         raise UserError(f"{origin}: not a decodable image (truncated, zero-filled or not an image); {fix}")
@@ -136,22 +134,11 @@ def _decode(data: bytes, origin: str, fix: str) -> np.ndarray:
         img = img[:, :, 0]
     if min(img.shape[:2]) < SCALE:
         raise UserError(f"{origin}: {img.shape[1]}x{img.shape[0]} is smaller than the scale {SCALE}; {fix}")
-    return img
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)
-
-
-def _write_png(path: Path, img: np.ndarray) -> None:
-    """Encode and write, fsynced: the folder it is in is renamed into place as a whole once every image is."""
-    ok, encoded = cv2.imencode(".png", img)
-    if not ok:  # pragma: no cover - PNG encodes every 8-bit image
-        raise UserError(f"{path}: cannot encode the image as PNG")
-    with open(path, "wb") as f:
-        f.write(encoded.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
 
 
 class _Staging:
@@ -181,9 +168,10 @@ class _Staging:
         self.names.add(stem)
         height, width = img.shape[:2]
         img = img[: height // SCALE * SCALE, : width // SCALE * SCALE]
-        _write_png(self.hr_dir / f"{stem}.png", img)
+        # written fsynced (write_image): the folder is renamed into place as a whole once every image is
+        write_image(self.hr_dir / f"{stem}.png", img)
         if not self.train:
-            _write_png(self.lr_dir / f"{stem}.png", matlab_imresize(img, 1 / SCALE))
+            write_image(self.lr_dir / f"{stem}.png", matlab_imresize(img, 1 / SCALE))
         self.digests.append(image_digest(_rgb(img)))
 
     def commit(self) -> None:
@@ -220,37 +208,6 @@ def _check_content(name: str, digests: list[str], *, required: bool, fix: str) -
             f"{content_digest(digests)}, expected {known}); {fix}"
         )
     return f"; note: its pixels differ from the copy this repository's {name} figures were measured on"
-
-
-def _tar_images(archive: Path, source: Source, fix: str) -> Iterator[tuple[str, bytes]]:
-    """(file name, bytes) of each image of a tar.gz archive, with its member paths and sizes checked."""
-    budget = source.max_bytes
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = member.name
-                if name.startswith(("/", "\\")) or ".." in Path(name).parts:
-                    raise UserError(f"{archive}: unsafe member path {name!r}; {fix}")
-                if not member.isfile() or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                    continue  # folders, links and notes are not images of the set: never extracted
-                if member.size > source.max_image_bytes:
-                    raise UserError(
-                        f"{archive}: {name} declares {member.size} bytes, not a {source.name} image; {fix}"
-                    )
-                budget -= member.size
-                if budget < 0:
-                    raise UserError(
-                        f"{archive}: its images declare more bytes than {source.name}'s can take; {fix}"
-                    )
-                stream = tar.extractfile(member)
-                data = stream.read() if stream is not None else b""
-                if len(data) != member.size:
-                    raise UserError(f"{archive}: {name} is shorter than it declares; {fix}")
-                yield Path(name).name, data
-            while tar.fileobj.read(1 << 20):  # to the end of the stream: gzip checks its CRC and length there
-                pass
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise UserError(f"{archive}: not a readable tar.gz archive ({err}); {fix}") from None
 
 
 def _lay_out(
@@ -316,7 +273,12 @@ def download_set(
         content_only
     ):  # the pixels are the only check: say how to take the archive on its published digest instead
         fix += f" (to take it as published: --sha256 {source.name}=<the SHA256 shown on {source.page}>)"
-    images = ((name, data, f"{archive}:{name}") for name, data in _tar_images(archive, source, fix))
+    files = tar_files(
+        archive, lambda member: Path(member).suffix.lower() in IMAGE_SUFFIXES,  # not folders, links or notes
+        max_member_bytes=source.max_image_bytes, max_total_bytes=source.max_bytes, dataset=source.name,
+        image=f"a {source.name} image", fix=fix,
+    )  # fmt: skip
+    images = ((Path(member).name, data, f"{archive}:{Path(member).name}") for member, data in files)
     try:
         note = _lay_out(
             source.name,

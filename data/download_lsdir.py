@@ -19,18 +19,15 @@ complete folder is skipped and a broken download resumes when the command is re-
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import re
 import shutil
-import tarfile
 import tempfile
-import zlib
 from pathlib import Path
 
 from utils.errors import UserError, run_cli
 from utils.files.atomic_write import write_text_atomic
-from utils.files.download import decode_all, download_file, download_session, png_bound
+from utils.files.download import decode_all, download_file, download_session, png_bound, tar_files
 
 OFFICIAL_BASE_URL = "https://huggingface.co/ofsoundof/LSDIR/resolve/main"
 TOTAL_IMAGES = 84_991
@@ -70,35 +67,26 @@ def _extract_wanted(archive: Path, lsdir: Path, wanted: dict[str, list[str]]) ->
     """Extract the wanted images of `archive` folder by folder (temporary folder, then rename); returns the
     folders completed. Raises UserError for a corrupt archive or an image of the wrong size."""
     fix = f"delete {archive} and re-run to download it again"
-    budget = sum(map(len, wanted.values())) * MAX_IMAGE_BYTES  # what the wanted images can take, at most
     staging = Path(tempfile.mkdtemp(prefix=".LSDIR.extracting.", dir=lsdir.parent))
     found: dict[str, set[str]] = {}
+
+    def want(member: str) -> bool:
+        match = _MEMBER.fullmatch(member)
+        return match is not None and f"{match.group(2)}.png" in wanted.get(match.group(1), ())
+
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                match = _MEMBER.fullmatch(member.name)
-                if not member.isfile() or match is None or match.group(1) not in wanted:
-                    continue
-                folder, name = match.group(1), f"{match.group(2)}.png"
-                if name not in wanted[folder]:
-                    continue
-                if member.size > MAX_IMAGE_BYTES:
-                    raise UserError(
-                        f"{archive}: {member.name} declares {member.size} bytes, not an LSDIR image; {fix}"
-                    )
-                budget -= member.size
-                if budget < 0:
-                    raise UserError(f"{archive}: its images declare more bytes than LSDIR's can take; {fix}")
-                target = staging / folder / name
-                target.parent.mkdir(exist_ok=True)
-                source = tar.extractfile(member)
-                with source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
-                if target.stat().st_size != member.size:
-                    raise UserError(f"{archive}: {member.name} is shorter than it declares; {fix}")
-                found.setdefault(folder, set()).add(name)
-            while tar.fileobj.read(1 << 20):  # to the end of the stream: gzip checks its CRC and length there
-                pass
+        files = tar_files(
+            archive, want, max_member_bytes=MAX_IMAGE_BYTES,
+            max_total_bytes=sum(map(len, wanted.values())) * MAX_IMAGE_BYTES,  # what the wanted images can take
+            dataset="LSDIR", image="an LSDIR image", fix=fix,
+        )  # fmt: skip
+        for member, data in files:
+            match = _MEMBER.fullmatch(member)
+            folder, name = match.group(1), f"{match.group(2)}.png"
+            target = staging / folder / name
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(data)
+            found.setdefault(folder, set()).add(name)
         decode_all(sorted(staging.glob("*/*.png")), fix)  # a zero-filled or truncated image is refused here
         done = set()
         for folder, names in found.items():
@@ -108,8 +96,6 @@ def _extract_wanted(archive: Path, lsdir: Path, wanted: dict[str, list[str]]) ->
                 os.replace(staging / folder, lsdir / folder)
                 done.add(folder)
         return done
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise UserError(f"{archive}: not a readable tar.gz archive ({err}); {fix}") from None
     except OSError as err:
         raise UserError(
             f"{lsdir}: cannot write the images ({err.strerror or err}); free disk space and re-run"

@@ -40,7 +40,8 @@ def _digest(images: dict[str, np.ndarray]) -> str:
     digests = []
     for img in images.values():
         img = img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
-        digests.append(db.image_digest(db._rgb(img)))
+        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)  # as cv2 wrote it
+        digests.append(db.image_digest(rgb))
     return db.content_digest(digests)
 
 

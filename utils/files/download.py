@@ -8,11 +8,13 @@ takes its final name, and an archive must never leave a half-extracted folder th
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -303,6 +305,50 @@ class _Pace:
                     f"{self.part.stat().st_size} bytes kept: re-run the same command to resume"
                 )
             self.window_start, self.window_bytes = now, 0
+
+
+def tar_files(
+    archive: Path,
+    want: Callable[[str], bool],
+    *,
+    max_member_bytes: int,
+    max_total_bytes: int,
+    dataset: str,
+    image: str,
+    fix: str,
+) -> Iterator[tuple[str, bytes]]:
+    """(member path, bytes) of the regular files of a tar.gz archive for which want(path) is true, in archive
+    order. No member may have an unsafe path; each wanted one must declare at most `max_member_bytes`, all of them at
+    most `max_total_bytes` (the most `dataset`'s images can take; `image`: "an LSDIR image", for the messages), and
+    must hold what it declares; the archive is read to its end, so that gzip checks its CRC and length. UserError
+    naming the archive and `fix` otherwise."""
+    budget = max_total_bytes
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = member.name
+                if (
+                    name.startswith(("/", "\\")) or ".." in Path(name).parts
+                ):  # any member: not what was published
+                    raise UserError(f"{archive}: unsafe member path {name!r}; {fix}")
+                if not member.isfile() or not want(name):
+                    continue  # folders, links and files the caller does not want: never read
+                if member.size > max_member_bytes:
+                    raise UserError(f"{archive}: {name} declares {member.size} bytes, not {image}; {fix}")
+                budget -= member.size
+                if budget < 0:
+                    raise UserError(
+                        f"{archive}: its images declare more bytes than {dataset}'s can take; {fix}"
+                    )
+                stream = tar.extractfile(member)
+                data = stream.read() if stream is not None else b""
+                if len(data) != member.size:
+                    raise UserError(f"{archive}: {name} is shorter than it declares; {fix}")
+                yield name, data
+            while tar.fileobj.read(1 << 20):  # to the end of the stream: gzip checks its CRC and length there
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise UserError(f"{archive}: not a readable tar.gz archive ({err}); {fix}") from None
 
 
 def extract_zip(
