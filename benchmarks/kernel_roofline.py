@@ -45,18 +45,26 @@ PARTS = (  # kernel_parts.cpp's parts, in its order, and how many of each one bl
 
 
 def load_parts(flags: tuple[str, ...], ring_offset: int = 0) -> ctypes.CDLL:
-    """kernel_parts.cpp built with the kernels' flags (not cached: it includes the kernel source whole)."""
-    import subprocess
+    """kernel_parts.cpp built with the kernels' flags, in a folder of its own: not the kernel cache, whose key
+    does not cover the kernel source it includes whole."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="lkdn_parts_"))
-    target = folder / "parts.so"
-    compiler = build.find_compiler() or "c++"
-    cmd = [compiler, "-O3", "-march=native", *flags, f"-DPARTS_RING_OFFSET={ring_offset}", "-std=c++17", "-shared", "-fPIC", f"-I{build.INCLUDE}",
-           f"-I{native.SOURCE.parent}", str(PARTS_SOURCE), "-o", str(target)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise UserError(f"{PARTS_SOURCE}: does not build here ({done.stderr.strip()[:200]})")
+    compiler = build.find_compiler()
+    if compiler is None:
+        raise UserError("no C++ compiler found (install g++ or clang++, or set CXX)")
+    extra = [
+        "-O3",
+        "-march=native",
+        *flags,
+        f"-DPARTS_RING_OFFSET={ring_offset}",
+        f"-I{native.SOURCE.parent}",
+    ]
+    try:
+        target = build.compile_library(
+            PARTS_SOURCE, compiler, extra, Path(tempfile.mkdtemp(prefix="lkdn_parts_")), "parts"
+        )
+    except build.KernelUnavailable as err:
+        raise UserError(str(err)) from None
     lib = ctypes.CDLL(str(target))
     lib.kernel_part.restype = ctypes.c_double
     lib.kernel_part.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(ctypes.c_double)]

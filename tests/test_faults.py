@@ -349,6 +349,17 @@ def _damage_partial(dest: Path) -> str:
     return part.name.removesuffix(".part")
 
 
+def _download_entry(
+    server, cmd: list[str], dest: Path, kept: Callable[[], None], complete: Callable[[], None], **extra
+) -> Entry:
+    """A downloader in the matrix: busy once it has written part of a file, which is what a corrupt input
+    damages; the `.part` file a stop leaves is for the next run to resume."""
+    return Entry(
+        cmd=cmd, outputs=dest, busy=lambda: _partial(dest), corrupt=lambda: _damage_partial(dest), kept=kept,
+        complete=complete, partial_ok=(".part",), unthrottle=_unthrottle(server), **extra,
+    )  # fmt: skip
+
+
 def _unthrottle(server) -> Callable[[], None]:
     def unthrottle() -> None:
         server.crawl = 0.0
@@ -368,10 +379,7 @@ def _div2k(server, tmp: Path) -> Entry:
     def complete() -> None:
         assert len(list((dest / "DIV2K_valid_LR").glob("*.png"))) == 100
 
-    return Entry(
-        cmd=cmd, outputs=dest, busy=lambda: _partial(dest), corrupt=lambda: _damage_partial(dest), kept=kept,
-        complete=complete, partial_ok=(".part",), unthrottle=_unthrottle(server),
-    )  # fmt: skip
+    return _download_entry(server, cmd, dest, kept, complete)
 
 
 def _lsdir(server, tmp: Path) -> Entry:
@@ -386,10 +394,7 @@ def _lsdir(server, tmp: Path) -> Entry:
     def complete() -> None:
         assert len((dest / "LSDIR_first1000.txt").read_text().splitlines()) == 1000
 
-    return Entry(
-        cmd=cmd, outputs=dest, busy=lambda: _partial(dest), corrupt=lambda: _damage_partial(dest), kept=kept,
-        complete=complete, partial_ok=(".part",), unthrottle=_unthrottle(server),
-    )  # fmt: skip
+    return _download_entry(server, cmd, dest, kept, complete)
 
 
 def _benchmarks(server, tmp: Path) -> Entry:
@@ -405,10 +410,7 @@ def _benchmarks(server, tmp: Path) -> Entry:
     def complete() -> None:
         assert download_benchmarks.is_complete(dest / "Set5", source.count)
 
-    return Entry(
-        cmd=cmd, outputs=dest, busy=lambda: _partial(dest), corrupt=lambda: _damage_partial(dest), kept=kept,
-        complete=complete, partial_ok=(".part",), unthrottle=_unthrottle(server),
-    )  # fmt: skip
+    return _download_entry(server, cmd, dest, kept, complete)
 
 
 def _pretrained(server, tmp: Path, reference_dir: Path) -> Entry:
@@ -426,10 +428,7 @@ def _pretrained(server, tmp: Path, reference_dir: Path) -> Entry:
     def complete() -> None:
         assert (dest / name).read_bytes() == data
 
-    return Entry(
-        cmd=cmd, outputs=dest, busy=lambda: _partial(dest), corrupt=lambda: _damage_partial(dest), kept=kept,
-        complete=complete, partial_ok=(".part",), second_writer="waits", unthrottle=_unthrottle(server),
-    )  # fmt: skip
+    return _download_entry(server, cmd, dest, kept, complete, second_writer="waits")
 
 
 # --- the table ----------------------------------------------------------------------------------------------

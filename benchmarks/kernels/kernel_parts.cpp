@@ -19,10 +19,7 @@ constexpr int NC = S::cp / kLanes, NG = S::gp / kLanes, ND = S::dp / kLanes;
 struct Buffer {
     std::vector<float> memory;
     float* data;
-    explicit Buffer(size_t n, float value) : memory(n + kLineFloats, value) {
-        const uintptr_t at = reinterpret_cast<uintptr_t>(memory.data()), line = kLineFloats * sizeof(float);
-        data = reinterpret_cast<float*>((at + line - 1) / line * line);
-    }
+    explicit Buffer(size_t n, float value) : memory(n + kLineFloats, value), data(on_line(memory.data())) {}
 };
 
 template <class Fn>

@@ -83,7 +83,7 @@ def _remove_stale_temporaries(cache: Path) -> None:
             pass  # another process's build finished or removed it
 
 
-def _compile(source: Path, compiler: str, flags: list[str], cache: Path, stem: str) -> Path:
+def compile_library(source: Path, compiler: str, flags: list[str], cache: Path, stem: str) -> Path:
     """Compile to a temporary file in `cache`, fsync it, rename it to `stem.<digest>.so`: never a torn file."""
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(cache)
@@ -146,7 +146,9 @@ def build_and_load(source: Path, openmp: bool = False, extra_flags: tuple[str, .
         key = hashlib.sha256("\n".join([*depends, " ".join(flags)]).encode()).hexdigest()[:16]
         stem = f"{source.stem}_{key}"
         try:
-            target = _verified(cache_dir(), stem) or _compile(source, compiler, flags, cache_dir(), stem)
+            target = _verified(cache_dir(), stem) or compile_library(
+                source, compiler, flags, cache_dir(), stem
+            )
             return ctypes.CDLL(str(target))
         except (KernelUnavailable, OSError, subprocess.SubprocessError) as err:
             errors.append(str(err))

@@ -317,6 +317,12 @@ constexpr int kPadX = 6;  // zero columns left and right of every ring row: the 
 // (benchmarks/kernel_roofline.py --ring_offset 4).
 constexpr int kLineFloats = 16;
 
+// The first place from p on that starts a cache line (at most kLineFloats - 1 floats on).
+inline float* on_line(float* p) {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(p), line = kLineFloats * sizeof(float);
+    return reinterpret_cast<float*>((at + line - 1) / line * line);
+}
+
 // The last `rows` rows of one step's output, each W pixels of `lanes` floats, with zero side columns.
 struct Ring {
     int rows, width, lanes;
@@ -341,8 +347,7 @@ struct Ring {
 inline float* ring_memory(size_t floats) {
     static thread_local std::vector<float> memory;
     if (memory.size() < floats + kLineFloats) memory.resize(floats + kLineFloats);
-    const uintptr_t at = reinterpret_cast<uintptr_t>(memory.data()), line = kLineFloats * sizeof(float);
-    return reinterpret_cast<float*>((at + line - 1) / line * line);  // on a cache line: see kLineFloats
+    return on_line(memory.data());
 }
 
 // Places `rings` one after another from `at`; returns where the next data may go.
