@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
 import subprocess
 
@@ -205,26 +207,48 @@ def test_the_portable_build_computes_the_same_function(fresh_kernel_build, monke
     )
 
 
+# the kernels' two GELUs: the rational erf, and the table of quartics (AVX-512 builds; elsewhere the rational again)
+GELUS = {"rational": (), "table": ("-DLKDN_GELU_TABLE=1",)}
+
+
 @needs_kernels
-def test_the_kernels_gelu_is_torchs_exact_gelu():
-    """The kernels' GELU (a rational erf approximation) against torch's exact-erf GELU, on a dense grid."""
+@pytest.mark.parametrize("gelu", GELUS)
+def test_the_kernels_gelu_is_torchs_exact_gelu(gelu):
+    """The kernels' GELU against torch's exact-erf GELU, on a dense grid."""
     x = torch.linspace(-12, 12, 2**20)
     y = torch.empty_like(x)
-    native_lkdn.load_kernel().lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    native_lkdn.load_kernel(GELUS[gelu]).lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
     error = (y - torch.nn.functional.gelu(x)).abs()
     assert (error / x.abs().clamp(min=1)).max() < 5e-7  # a few float32 ulps of max(1, |x|)
 
 
 @needs_kernels
-def test_the_kernels_gelu_is_exactly_zero_and_x_far_out():
-    """Where erf(x / sqrt 2) is -1 or 1 to float precision, GELU is 0 or x exactly: a rational erf a few ulps from
-    -1 there would leave x times those ulps (6e-6 at x = -100), growing with |x|."""
+@pytest.mark.parametrize("gelu", GELUS)
+def test_the_kernels_gelu_is_exactly_zero_and_x_far_out(gelu):
+    """Where erf(x / sqrt 2) is -1 or 1 to float precision, GELU is 0 or x exactly: an erf a few ulps from -1
+    there would leave x times those ulps (6e-6 at x = -100), growing with |x|."""
     far = torch.logspace(0.8, 4, 4096)  # 6.3 .. 10^4
     x = torch.cat([-far, far])
     y = torch.empty_like(x)
-    native_lkdn.load_kernel().lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    native_lkdn.load_kernel(GELUS[gelu]).lkdn_gelu(x.data_ptr(), y.data_ptr(), x.numel())
     assert torch.equal(y[: far.numel()], torch.zeros_like(far))
     assert torch.equal(y[far.numel() :], far)
+
+
+def test_the_kernels_gelu_table_is_the_scripts_fit():
+    """lkdn_cpu.cpp's kGeluTable holds what scripts/gelu_table.py fits (to float32, whatever LAPACK's last bits)."""
+    text = native_lkdn.SOURCE.read_text()
+    body = text[text.index("float kGeluTable[") :]
+    body = body[: body.index("};")]
+    committed = np.array([float(v) for v in re.findall(r"(-?[0-9.]+e[-+][0-9]+)f", body)], dtype=np.float32)
+    spec = importlib.util.spec_from_file_location(
+        "gelu_table", native_lkdn.SOURCE.parents[3] / "scripts" / "gelu_table.py"
+    )
+    gelu_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gelu_table)
+    fitted = gelu_table.fit().astype(np.float32).ravel()
+    assert committed.shape == fitted.shape
+    np.testing.assert_allclose(committed, fitted, rtol=1e-5, atol=1e-10)
 
 
 @needs_kernels

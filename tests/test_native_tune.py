@@ -105,6 +105,19 @@ def test_settings_are_tuned_one_after_another_and_only_a_clear_gain_counts(monke
     assert choice == {"tiles": "wide", "strip": "512"}
 
 
+def test_a_setting_that_needs_another_choice_is_skipped_without_it(monkeypatch):
+    """The table GELU is AVX-512 code: where 8-float vectors won, its alternative would time the same build."""
+    monkeypatch.setattr(
+        tune, "settings", lambda threads: [tune.BY_SETTING["vectors"], tune.BY_SETTING["gelu"]]
+    )
+    narrow = tune.flags_of({"vectors": "256"})
+    table = tune.flags_of({"gelu": "table"})
+    choice, lines = tune.tune(None, say=lambda line: None, timer=_timer({narrow: 0.9, table: 0.5}))
+    assert choice == {"vectors": "256"} and len(lines) == 1
+    choice, lines = tune.tune(None, say=lambda line: None, timer=_timer({narrow: 1.1, table: 0.9}))
+    assert choice == {"gelu": "table"} and lines[1] == "gelu: rational 1, table 0.900 -> table"
+
+
 def test_a_build_that_does_not_match_the_reference_is_never_chosen(monkeypatch):
     monkeypatch.setattr(tune, "settings", lambda threads: [tune.BY_SETTING["tiles"]])
     choice, lines = tune.tune(None, say=lambda line: None, timer=_timer({WIDE: 0.5}, broken={WIDE}))

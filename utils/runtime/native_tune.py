@@ -2,8 +2,8 @@
 
 What is fastest differs between CPUs of one instruction set (the product tiles that win on one AVX-512 CPU lose
 on another; a CPU that splits 512-bit operations in two may prefer 8-lane vectors), so the kernels' free choices
-are build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, and the vector
-width) and this module tunes them on the machine itself, one setting after another from the default build: the
+are build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_GELU_TABLE, LKDN_STRIP, LKDN_DEPTHWISE_PIXELS,
+the vector width) and this module tunes them on the machine itself, one setting after another from the default build: the
 setting's alternatives are built (cached like any kernel build), checked against the reference module's output
 (a build that differs by more than ATOL is never chosen) and timed against the current choice in interleaved
 rounds on two input sizes; an alternative replaces the current value if it takes at most MARGIN of its time. The
@@ -58,12 +58,16 @@ class Setting:
     alternatives: dict[str, tuple[str, ...]]
     needs: str | None = None  # the instruction set on which the alternatives differ from the default, if one
     min_threads: int = 1  # fewer threads than this: the alternatives change nothing
+    when: tuple[tuple[str, str], ...] = ()  # tuned only where the choice so far has these values
 
 
 # In the order they are tuned (each with the choices before it fixed): the largest effects first.
 SETTINGS = (
     Setting("tiles", "narrow", {"wide": ("-DLKDN_WIDE_TILES=1",)}),
     Setting("vectors", "512", {"256": ("-mno-avx512f",)}, needs="AVX-512"),
+    Setting(
+        "gelu", "rational", {"table": ("-DLKDN_GELU_TABLE=1",)}, needs="AVX-512", when=(("vectors", "512"),)
+    ),
     Setting("strip", "256", {"128": ("-DLKDN_STRIP=128",), "512": ("-DLKDN_STRIP=512",)}),
     Setting("depthwise", "full", {"half": ("-DLKDN_DEPTHWISE_PIXELS=kDefaultDepthwisePixels/2",)}),
     Setting(
@@ -236,6 +240,8 @@ def tune(
         raise KernelUnavailable(f"the default build: {reason}")
     lines = []
     for setting in settings(torch.get_num_threads()):
+        if any(choice.get(name, BY_SETTING[name].default) != value for name, value in setting.when):
+            continue
         values, builds, notes = [], [], []
         time_.prepare([flags_of({**choice, setting.name: value}) for value in setting.alternatives])
         for value in setting.alternatives:
