@@ -3,6 +3,7 @@
     python inference.py -i photo.jpg -o upscaled/
     python inference.py -i photos/ -o upscaled/ [--model_path file.pth] [--device cuda] [--max-memory 4G]
     python inference.py -i "scans/**/*.tif" -o upscaled/
+    python inference.py -i thumbnails/ -o upscaled/ --jobs 2    # two images at once, one thread each
 
 8- and 16-bit PNG, JPEG, BMP, TIFF and WebP. Colour goes through the network; grayscale goes through it as RGB
 and is written back as grayscale (the mean of the three output channels); an alpha channel is upscaled with
@@ -24,6 +25,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from models import BUNDLED_CHECKPOINT, LKDN
+from utils.cli import positive_int
 from utils.device import resolve_device
 from utils.errors import EXIT_USER_ERROR, FatalError, UserError, run_cli
 from utils.files.checkpoint import build_model_from_checkpoint, checkpoint_or_bundled, config_name
@@ -256,19 +259,111 @@ def _upscale_file(
         ) from None
 
 
-def load_upscaler(args: argparse.Namespace) -> tuple[Upscaler, LKDN, Path]:
+def load_upscaler(args: argparse.Namespace, jobs: int = 1) -> tuple[Upscaler, LKDN, Path]:
+    """The network and its runner; with `jobs` images at once, each gets 1 / jobs of --max-memory."""
     path = checkpoint_or_bundled(args.model_path)
     model = build_model_from_checkpoint(path, fused=True)
     device = resolve_device(args.device)
     runner = runner_for_cli(model, path, device, args.backend, args.precision, args.onnx_path)
     radius, per_pixel = model.receptive_radius(), bytes_per_lr_pixel(model)
-    if radius is not None and args.max_memory < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
+    budget = args.max_memory // jobs
+    if radius is not None and budget < (MIN_TILE + 2 * radius) ** 2 * per_pixel:
         needed = format_bytes((MIN_TILE + 2 * radius) ** 2 * per_pixel)
+        each = f", {format_bytes(budget)} for each of --jobs {jobs}" if jobs > 1 else ""
         raise UserError(
-            f"--max-memory {format_bytes(args.max_memory)}: too small for one tile of this model "
+            f"--max-memory {format_bytes(args.max_memory)}{each}: too small for one tile of this model "
             f"({MIN_TILE} LR pixels and {radius} of overlap on each side need {needed}); raise it"
         )
-    return Upscaler(runner, device, model.scale, radius, per_pixel, args.max_memory), model, path
+    return Upscaler(runner, device, model.scale, radius, per_pixel, budget), model, path
+
+
+# ----------------------------------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+
+
+def plan_jobs(inputs: list[Path], out_dir: Path, scale: int) -> tuple[list[Job], list[str]]:
+    """Each input's output, before any work: an input whose output would replace an input image, or another
+    input's output, fails (the first to claim an output keeps it)."""
+    protected = {p.resolve() for p in inputs}
+    claimed: dict[Path, Path] = {}
+    jobs, failures = [], []
+    for src in inputs:
+        dst = output_path(src, out_dir, scale)
+        key = dst.resolve()
+        if key in protected:
+            failures.append(f"{src}: its output {dst} is an input image; choose another -o")
+        elif key in claimed:
+            failures.append(f"{src}: its output {dst} is also {claimed[key]}'s; upscale them apart")
+        else:
+            claimed[key] = src
+            jobs.append(Job(src, dst))
+    return jobs, failures
+
+
+def upscale_job(job: Job, upscaler: Upscaler, checkpoint: Path) -> str | None:
+    """Read, upscale and write one image (UserError naming it if any of that fails); a line saying how it was
+    tiled, if it was."""
+    image = read_image(job.src)
+    pixels, tile = _upscale_file(job.src, image, upscaler, checkpoint)
+    write_image(job.dst, pixels)
+    height, width = image.rgb.shape[:2]
+    if tile >= max(height, width):
+        return None
+    tiles = math.ceil(height / tile) * math.ceil(width / tile)
+    return f"{job.src}: {width}x{height} in {tiles} tiles of {tile} LR pixels (--max-memory)"
+
+
+def upscale_jobs(
+    jobs: list[Job], upscaler: Upscaler, checkpoint: Path, workers: int = 1, progress: bool = True
+) -> int:
+    """Every job, `workers` at once (threads: the kernels, decoders and encoders release the GIL); each failure
+    is one line and the batch goes on; a FatalError stops it once the images in progress are written. Returns
+    the number that failed."""
+    failed = 0
+    bar = tqdm(total=len(jobs), desc="upscaling", unit="image", file=sys.stderr, disable=not progress)
+
+    def settle(outcome: Callable[[], str | None]) -> None:
+        nonlocal failed
+        try:
+            note = outcome()
+        except FatalError:
+            raise
+        except UserError as err:
+            tqdm.write(f"failed: {err}", file=sys.stderr)
+            failed += 1
+        else:
+            if note:
+                tqdm.write(note)
+        bar.update()
+
+    with bar:
+        if workers == 1:
+            for job in jobs:
+                settle(lambda job=job: upscale_job(job, upscaler, checkpoint))
+            return failed
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(upscale_job, job, upscaler, checkpoint) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    settle(future.result)
+            except BaseException:  # FatalError or Ctrl-C: no new image starts
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return failed
+
+
+def resolve_jobs(requested: int | None, device: torch.device, images: int) -> int:
+    """Images upscaled at once: --jobs, else 1 (a GPU runs one at a time; --jobs above 1 there is refused)."""
+    if requested is None:
+        return 1
+    if requested > 1 and device.type != "cpu":
+        raise UserError(f"--jobs {requested}: images run one at a time on {device.type}; drop --jobs")
+    return max(1, min(requested, images))
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -299,6 +394,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="memory for one image: the network's working memory plus the whole output image; larger images "
         f"are tiled to fit (e.g. 512M, 4G; default {DEFAULT_MAX_MEMORY}). The decoded input comes on top",
     )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="on a CPU, images upscaled at once, each on its share of the threads (default 1: one image at a "
+        "time on all of them); --max-memory is shared between them",
+    )
     args = p.parse_args(argv)
     args.max_memory = parse_memory(args.max_memory)
     if args.output.exists() and not args.output.is_dir():
@@ -309,37 +410,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = collect_inputs(args.input)
-    upscaler, model, checkpoint = load_upscaler(args)
+    workers = resolve_jobs(args.jobs, resolve_device(args.device), len(inputs))
+    threads = torch.get_num_threads()
+    # set before the runner is made (the native kernels' build is chosen per thread count), restored after
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        return _upscale_inputs(args, inputs, workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _upscale_inputs(args: argparse.Namespace, inputs: list[Path], workers: int) -> int:
+    upscaler, model, checkpoint = load_upscaler(args, workers)
+    at_once = f", {workers} images at once on {torch.get_num_threads()} thread(s) each" if workers > 1 else ""
     print(
         f"{config_name(model.num_feat, model.num_blocks)} x{model.scale} from {checkpoint}: device {upscaler.device}, "
-        f"backend {upscaler.runner.name}, max memory {format_bytes(args.max_memory)}; "
+        f"backend {upscaler.runner.name}, max memory {format_bytes(args.max_memory)}{at_once}; "
         f"{len(inputs)} image{'s' * (len(inputs) != 1)} -> {args.output}"
     )
-    protected = {p.resolve() for p in inputs}
-    written: dict[Path, Path] = {}
-    failed = 0
-    for src in tqdm(inputs, desc="upscaling", unit="image", file=sys.stderr):
-        dst = output_path(src, args.output, model.scale)
-        try:
-            if dst.resolve() in protected:
-                raise UserError(f"{src}: its output {dst} is an input image; choose another -o")
-            if dst.resolve() in written:
-                raise UserError(
-                    f"{src}: its output {dst} is also {written[dst.resolve()]}'s; upscale them apart"
-                )
-            image = read_image(src)
-            pixels, tile = _upscale_file(src, image, upscaler, checkpoint)
-            write_image(dst, pixels)
-            written[dst.resolve()] = src
-            height, width = image.rgb.shape[:2]
-            if tile < max(height, width):
-                tiles = math.ceil(height / tile) * math.ceil(width / tile)
-                tqdm.write(f"{src}: {width}x{height} in {tiles} tiles of {tile} LR pixels (--max-memory)")
-        except FatalError:
-            raise
-        except UserError as err:
-            tqdm.write(f"failed: {err}", file=sys.stderr)
-            failed += 1
+    jobs, refused = plan_jobs(inputs, args.output, model.scale)
+    for line in refused:
+        print(f"failed: {line}", file=sys.stderr)
+    failed = len(refused) + upscale_jobs(jobs, upscaler, checkpoint, workers)
     print(f"{len(inputs) - failed} of {len(inputs)} upscaled x{model.scale} into {args.output}", end="")
     print(f"; {failed} failed (listed above)" if failed else "")
     return EXIT_USER_ERROR if failed else 0

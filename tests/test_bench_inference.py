@@ -114,3 +114,14 @@ def test_the_barrier_waits_of_each_member_are_counted_in_a_profiling_build_only(
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("LR 16x40")]
     assert "member 0 (caller)" in line and "member 1" in line
+
+
+def test_the_folder_benchmark_times_each_jobs_value():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_folder.py"), "--sizes", "12x20", "--images", "3",
+         "--runs", "1", "--jobs", "1", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "1.00x", done.stdout

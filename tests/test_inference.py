@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from exif_files import encode_with_orientation
 import inference
 import models
 from models import LKDN
-from utils.errors import UserError
+from utils.errors import FatalError, UserError
 from utils.files.checkpoint import build_model_from_checkpoint
 from utils.files.image_io import image_to_tensor, read_rgb, to_tensor, to_uint8
 from utils.image.imresize import matlab_imresize
+from utils.runtime.native import native_available
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = "LKDN-S_del_rep_x4.pth"
@@ -318,3 +320,68 @@ def test_the_backend_that_ran_is_printed_and_a_wrong_one_refused(tmp_path, check
     with pytest.raises(UserError, match="too small for one tile"):
         inference.main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path), "--model_path", str(checkpoint),
                         "--max-memory", "10M"])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------- --jobs
+
+
+def _native_or_reference() -> str:
+    return "native" if native_available() is None else "reference"
+
+
+def test_jobs_write_what_one_at_a_time_writes(tmp_path, checkpoint, crop, capsys):
+    """Four images, two at once on one thread each (the native kernels from two threads at once, where they
+    build): the same files as one at a time on every thread; the thread count is restored afterwards."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        write(src / f"{i}.png", np.ascontiguousarray(np.roll(crop, 7 * i, axis=1)[..., ::-1]))
+    threads = torch.get_num_threads()
+    backend = _native_or_reference()
+    common = ["--model_path", str(checkpoint), "--device", "cpu", "--backend", backend]
+    assert inference.main(["-i", str(src), "-o", str(tmp_path / "one"), *common]) == 0
+    assert inference.main(["-i", str(src), "-o", str(tmp_path / "two"), "--jobs", "2", *common]) == 0
+    assert torch.get_num_threads() == threads
+    assert "2 images at once on" in capsys.readouterr().out
+    for i in range(4):
+        one, two = ((tmp_path / d / f"{i}_x4.png").read_bytes() for d in ("one", "two"))
+        assert one == two, i
+
+
+def test_jobs_report_bad_files_and_refused_outputs_and_go_on(tmp_path, checkpoint, crop, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    write(src / "a.png", crop[..., ::-1])
+    (src / "b.png").write_bytes(b"not a PNG")
+    write(src / "c.png", crop[::-1, :, ::-1])
+    write(src / "c_x4.png", crop[..., ::-1])  # an input that c.png's output would replace
+    assert run(checkpoint, "-i", src, "-o", src, "--jobs", "3") == 2
+    err = capsys.readouterr().err
+    assert "b.png: not a readable image" in err and "its output" in err and "is an input image" in err
+    assert (
+        (src / "a_x4.png").is_file() and (src / "c_x4_x4.png").is_file() and not (src / "b_x4.png").exists()
+    )
+
+
+def test_a_fatal_error_in_one_job_starts_no_new_image(tmp_path, monkeypatch):
+    started = []
+
+    def fake(job, upscaler, checkpoint):
+        started.append(job.src.name)
+        if job.src.name == "0.png":
+            raise FatalError("weights diverged")
+        time.sleep(0.2)
+
+    monkeypatch.setattr(inference, "upscale_job", fake)
+    jobs = [inference.Job(tmp_path / f"{i}.png", tmp_path / f"{i}_x4.png") for i in range(8)]
+    with pytest.raises(FatalError, match="weights diverged"):
+        inference.upscale_jobs(jobs, None, tmp_path / "w.pth", workers=2, progress=False)
+    assert len(started) < len(jobs)
+
+
+def test_jobs_are_for_a_cpu_and_at_most_one_per_image():
+    assert inference.resolve_jobs(None, torch.device("cpu"), 5) == 1
+    assert inference.resolve_jobs(4, torch.device("cpu"), 2) == 2
+    with pytest.raises(UserError, match="--jobs 2: images run one at a time on cuda"):
+        inference.resolve_jobs(2, torch.device("cuda"), 3)
+    assert inference.resolve_jobs(1, torch.device("cuda"), 3) == 1
