@@ -1,9 +1,9 @@
 """The fault matrix: every long-running entry point under every fault class a cluster or a careless user causes.
 
-One table: ENTRY_POINTS (training stage 1 and 2, test_demo over a folder, inference over a folder, each
-downloader (DIV2K, LSDIR, the benchmark sets, the authors' weights) against a local server) x FAULTS (SIGTERM to the process, SIGTERM to its process group, SIGKILL then
-the same command again, an input corrupted while the run goes, a full disk, a second process on the same
-output). Each case asserts the promise, whatever the entry point: the exit code, one line saying what happened
+One table: ENTRY_POINTS (training stage 1 and 2, test_demo over a folder, inference over a folder (one and two
+images at once), each downloader (DIV2K, LSDIR, the benchmark sets, the authors' weights) against a local server)
+x FAULTS (SIGTERM to the process, SIGTERM to its process group, SIGKILL then the same command again, an input
+corrupted while the run goes, a full disk, a second process on the same output). Each case asserts the promise, whatever the entry point: the exit code, one line saying what happened
 (no traceback), nothing lost beyond the step or image the run was on, no partial file. A new entry point joins
 the table by describing itself as an `Entry`.
 """
@@ -306,10 +306,10 @@ def _test_demo(tmp: Path) -> Entry:
     )  # fmt: skip
 
 
-def _inference(tmp: Path) -> Entry:
+def _inference(tmp: Path, *flags: str) -> Entry:
     inputs, out = tmp / "photos", tmp / "upscaled"
     _image_folder(inputs, IMAGES, 64)
-    cmd = ["inference.py", "-i", str(inputs), "-o", str(out)]
+    cmd = ["inference.py", "-i", str(inputs), "-o", str(out), *flags]
 
     def kept() -> None:
         for path in out.glob("*"):  # each output written is whole (checked by decoding) and of its input
@@ -470,6 +470,7 @@ ENTRY_POINTS: dict[str, Callable[..., Entry]] = {
     ),  # fmt: skip
     "test_demo": lambda r: _test_demo(r.tmp),
     "inference": lambda r: _inference(r.tmp),
+    "inference_jobs": lambda r: _inference(r.tmp, "--jobs", "2"),  # two images at once
     "download_div2k": lambda r: _div2k(r.server, r.tmp),
     "download_lsdir": lambda r: _lsdir(r.server, r.tmp),
     "download_benchmarks": lambda r: _benchmarks(r.server, r.tmp),
