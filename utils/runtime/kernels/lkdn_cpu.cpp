@@ -83,7 +83,7 @@ constexpr int kDefaultRegisters = 6, kDefaultDepthwisePixels = 4;
 #ifndef LKDN_STRIP
 #define LKDN_STRIP 256
 #endif
-// LKDN_GELU_TABLE: GELU from a table of cubics (AVX-512) instead of the rational erf (see gelu).
+// LKDN_GELU_TABLE: GELU from a table of quartics (AVX-512) instead of the rational erf (see gelu).
 #ifndef LKDN_GELU_TABLE
 #define LKDN_GELU_TABLE 0
 #endif
