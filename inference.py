@@ -19,12 +19,13 @@ atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,6 +358,18 @@ def upscale_jobs(
     return failed
 
 
+@contextlib.contextmanager
+def threads_per_job(workers: int) -> Iterator[int]:
+    """torch's threads divided between `workers` images at once (at least one each), restored on leaving; the
+    runner is made inside, since the native kernels' build is chosen per thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def resolve_jobs(requested: int | None, device: torch.device, images: int) -> int:
     """Images upscaled at once: --jobs, else 1 (a GPU runs one at a time; --jobs above 1 there is refused)."""
     if requested is None:
@@ -411,13 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = collect_inputs(args.input)
     workers = resolve_jobs(args.jobs, resolve_device(args.device), len(inputs))
-    threads = torch.get_num_threads()
-    # set before the runner is made (the native kernels' build is chosen per thread count), restored after
-    torch.set_num_threads(max(1, threads // workers))
-    try:
+    with threads_per_job(workers):
         return _upscale_inputs(args, inputs, workers)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _upscale_inputs(args: argparse.Namespace, inputs: list[Path], workers: int) -> int:

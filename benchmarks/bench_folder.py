@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_inference import round_ratios  # this script's folder
+from bench_inference import AUTHORS_FUSED, round_ratios  # this script's folder
 
 import inference
 from models import BUNDLED_CHECKPOINT
@@ -29,8 +29,6 @@ from utils.cli import positive_int
 from utils.device import cpu_description
 from utils.errors import UserError, run_cli
 from utils.files.image_io import write_image
-
-AUTHORS_FUSED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "LKDN-S_del_rep_x4.pth"
 
 
 def write_folder(folder: Path, count: int, height: int, width: int) -> None:
@@ -61,33 +59,32 @@ def main() -> int:
             write_folder(folder, args.images, h, w)
             batches = {}
             for jobs in args.jobs:
-                torch.set_num_threads(max(1, threads // jobs))
                 cli = ["-i", str(folder), "-o", str(Path(tmp) / "out"), "--model_path", str(weights)]
                 options = inference.parse_args([*cli, "--device", "cpu", "--jobs", str(jobs)])
-                upscaler, model, checkpoint = inference.load_upscaler(options, jobs)
+                with inference.threads_per_job(jobs):
+                    upscaler, model, checkpoint = inference.load_upscaler(options, jobs)
                 plan, _ = inference.plan_jobs(
                     inference.collect_inputs([str(folder)]), options.output, model.scale
                 )
-                batches[jobs] = (upscaler, checkpoint, plan, upscaler.runner.name)
+                batches[jobs] = (upscaler, checkpoint, plan)
             times: dict[int, list[float]] = {jobs: [] for jobs in args.jobs}
             order = list(args.jobs)
             for round_ in range(args.runs + 1):  # the first round warms up
                 for k in range(len(order)):
                     jobs = order[(k + round_) % len(order)]
-                    upscaler, checkpoint, plan, _ = batches[jobs]
+                    upscaler, checkpoint, plan = batches[jobs]
                     out = Path(tempfile.mkdtemp(dir=tmp))
                     work = [inference.Job(job.src, out / job.dst.name) for job in plan]
-                    torch.set_num_threads(max(1, threads // jobs))
-                    start = time.perf_counter()
-                    failed = inference.upscale_jobs(work, upscaler, checkpoint, jobs, progress=False)
-                    elapsed = time.perf_counter() - start
+                    with inference.threads_per_job(jobs):
+                        start = time.perf_counter()
+                        failed = inference.upscale_jobs(work, upscaler, checkpoint, jobs, progress=False)
+                        elapsed = time.perf_counter() - start
                     if failed:
                         raise UserError(
                             f"{failed} of {len(work)} images failed in the batch of --jobs {jobs}"
                         )
                     if round_:
                         times[jobs].append(elapsed)
-            torch.set_num_threads(threads)
             first = args.jobs[0]
             print(f"\n== {args.images} images of LR {h}x{w} (median of {args.runs} interleaved rounds)")
             print(
@@ -96,7 +93,7 @@ def main() -> int:
             for jobs in args.jobs:
                 ratio = statistics.median(round_ratios(times, first, jobs))
                 per_image = statistics.median(times[jobs]) / args.images * 1e3
-                name = batches[jobs][3]
+                name = batches[jobs][0].runner.name
                 print(f"{jobs:>6} {max(1, threads // jobs):>12} {per_image:>13.1f} {ratio:>13.2f}x  {name}")
     return 0
 

@@ -32,18 +32,18 @@ def half_erf(a: np.ndarray) -> np.ndarray:
     return 0.5 * _erf(a / math.sqrt(2.0))
 
 
-def fit(intervals: int = INTERVALS, degree: int = DEGREE) -> np.ndarray:
-    """(degree + 1, intervals) float64: coefficient d of interval j's polynomial in u at [d, j]."""
-    scale = (intervals - 1) / REACH
-    table = np.zeros((degree + 1, intervals))
-    for j in range(intervals):
-        lo, hi = max(-0.5, -j), min(0.5, intervals - 1 - j)
+def fit() -> np.ndarray:
+    """(DEGREE + 1, INTERVALS) float64: coefficient d of interval j's quartic in u at [d, j]."""
+    scale = (INTERVALS - 1) / REACH
+    table = np.zeros((DEGREE + 1, INTERVALS))
+    for j in range(INTERVALS):
+        lo, hi = max(-0.5, -j), min(0.5, INTERVALS - 1 - j)
         u = (lo + hi) / 2 + (hi - lo) / 2 * np.cos(np.pi * (np.arange(_NODES) + 0.5) / _NODES)
         a = (j + u) / scale
         target = half_erf(a)
         weight = np.minimum(a, 1.0) + 1e-12
-        powers = np.vander(u, degree + 1, increasing=True)
-        last = j == intervals - 1  # its constant is 1/2 exactly: the saturation
+        powers = np.vander(u, DEGREE + 1, increasing=True)
+        last = j == INTERVALS - 1  # its constant is 1/2 exactly: the saturation
         if last:
             powers, target = powers[:, 1:], target - 0.5
         lawson = np.full(_NODES, 1.0 / _NODES)
@@ -57,7 +57,7 @@ def fit(intervals: int = INTERVALS, degree: int = DEGREE) -> np.ndarray:
     return table
 
 
-def cpp(table: np.ndarray, name: str = "kGeluTable") -> str:
+def cpp(table: np.ndarray) -> str:
     """The table as lkdn_cpu.cpp holds it: each coefficient's float32 literals, six to a line."""
     rows = []
     for d, row in enumerate(table.astype(np.float32)):
@@ -65,7 +65,7 @@ def cpp(table: np.ndarray, name: str = "kGeluTable") -> str:
         lines = [", ".join(values[i : i + 6]) for i in range(0, len(values), 6)]
         rows.append(f"    {{// u^{d}\n     " + ",\n     ".join(lines) + "},")
     terms, intervals = table.shape
-    return f"alignas(64) constexpr float {name}[{terms}][{intervals}] = {{\n" + "\n".join(rows) + "\n};"
+    return f"alignas(64) constexpr float kGeluTable[{terms}][{intervals}] = {{\n" + "\n".join(rows) + "\n};"
 
 
 if __name__ == "__main__":
