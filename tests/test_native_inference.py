@@ -265,18 +265,28 @@ def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
         native_lkdn.lkdn_tail([x] * 4 + [x[:, :3]], x, module.packed_tail)
 
 
-@pytest.mark.parametrize("threads", ["std::thread", "OpenMP"])
-def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads):
+WINOGRAD = ("-DLKDN_WINOGRAD=1",)  # the upsampler as Winograd F(2,3): its own reads of the rings
+
+
+@pytest.mark.parametrize(
+    "threads, upsampler",
+    [("std::thread", ()), ("OpenMP", ()), ("std::thread", WINOGRAD)],
+    ids=["threads", "openmp", "winograd"],
+)
+def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads, upsampler):
     """The whole network at 42 and 56 channels on odd sizes (1x1 to 3x530, batch 1-3, 1-3 threads), built with
     ASan and UBSan: the kernels read raw memory through row rings and masked vector moves."""
     flags = ("-pthread",) if threads == "std::thread" else ("-pthread", "-fopenmp")
-    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, flags)
+    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, flags + upsampler)
 
 
-def test_the_threads_share_rings_without_a_data_race(tmp_path):
+@pytest.mark.parametrize("upsampler", [(), WINOGRAD], ids=["direct", "winograd"])
+def test_the_threads_share_rings_without_a_data_race(tmp_path, upsampler):
     """The same harness under ThreadSanitizer: a team's threads write and read the same rings, ordered only by
     their barrier (OpenMP's runtime is not instrumented, so the std::thread build is the one checked)."""
-    run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread",), sanitizers="thread")
+    run_sanitized(
+        "lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread", *upsampler), sanitizers="thread"
+    )
 
 
 @pytest.mark.parametrize("march", ["skylake-avx512", "sandybridge"])

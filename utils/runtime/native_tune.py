@@ -68,6 +68,7 @@ SETTINGS = (
     Setting(
         "gelu", "rational", {"table": ("-DLKDN_GELU_TABLE=1",)}, needs="AVX-512", when=(("vectors", "512"),)
     ),
+    Setting("upsampler", "direct", {"winograd": ("-DLKDN_WINOGRAD=1",)}),
     Setting("strip", "256", {"128": ("-DLKDN_STRIP=128",), "512": ("-DLKDN_STRIP=512",)}),
     Setting("depthwise", "full", {"half": ("-DLKDN_DEPTHWISE_PIXELS=kDefaultDepthwisePixels/2",)}),
     Setting(

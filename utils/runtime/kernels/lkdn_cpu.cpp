@@ -87,6 +87,10 @@ constexpr int kDefaultRegisters = 6, kDefaultDepthwisePixels = 4;
 #ifndef LKDN_GELU_TABLE
 #define LKDN_GELU_TABLE 0
 #endif
+// LKDN_WINOGRAD: the upsampler's 3x3 conv as Winograd F(2,3) along rows (see Tail::up_pairs) instead of 9 products.
+#ifndef LKDN_WINOGRAD
+#define LKDN_WINOGRAD 0
+#endif
 constexpr int kRegisters = LKDN_REGISTERS, kDepthwisePixels = LKDN_DEPTHWISE_PIXELS;
 constexpr bool kWideTiles = LKDN_WIDE_TILES != 0;
 
@@ -849,19 +853,90 @@ struct Tail {
         }
     };
 
+    // The upsampler's weights for Winograd F(2,3) along rows: for each kernel row ky, with g0, g1, g2 its taps'
+    // C x kUp matrices, G0 = g0, G1 = (g0 + g1 + g2) / 2, G2 = (g0 - g1 + g2) / 2, G3 = g2, stored [ky][k][C][kUp].
+    static std::vector<float> winograd_weights(const float* up_w) {
+        constexpr size_t n = size_t(S::c) * kUp;
+        std::vector<float> g(12 * n);
+        for (int ky = 0; ky < 3; ++ky) {
+            const float *g0 = up_w + (3 * ky) * n, *g1 = g0 + n, *g2 = g1 + n;
+            float* to = g.data() + 4 * ky * n;
+            for (size_t i = 0; i < n; ++i) {
+                to[i] = g0[i];
+                to[n + i] = (g0[i] + g1[i] + g2[i]) * 0.5f;
+                to[2 * n + i] = (g0[i] - g1[i] + g2[i]) * 0.5f;
+                to[3 * n + i] = g2[i];
+            }
+        }
+        return g;
+    }
+
+    // Winograd F(2,3) along rows for the upsampler's 3x3 conv: with d0..d3 the input columns x - 1.. x + 2 of a
+    // kernel row, m0 = (d0 - d2) G0, m1 = (d1 + d2) G1, m2 = (d2 - d1) G2, m3 = (d1 - d3) G3 summed over the
+    // kernel rows give column x as m0 + m1 + m2 and column x + 1 as m1 - m2 - m3 (plus bias): 4 products per pair
+    // of columns where the direct conv takes 6. Pairs start on even columns, whichever member computes them, so
+    // that a team's result is the same as one thread's.
+    // The transformed inputs (d0 - d2, d1 + d2, d2 - d1, d1 - d3) of z's row y for pairs [p0, p1), at
+    // to + pair * 4 * cp: computed once per row, read by three output rows.
+    static void transform_row(const Ring& z, int y, int p0, int p1, float* to) {
+        const float* row = z.row(y);
+        for (int pair = p0; pair < p1; ++pair) {
+            const float* at = row + size_t(2 * pair - 1) * S::cp;
+            float* d = to + size_t(pair) * 4 * S::cp;
+            for (int v = 0; v < NC; ++v) {
+                const vf d0 = load(at + v * kLanes), d1 = load(at + S::cp + v * kLanes),
+                         d2 = load(at + 2 * S::cp + v * kLanes), d3 = load(at + 3 * S::cp + v * kLanes);
+                store(d + v * kLanes, d0 - d2);
+                store(d + S::cp + v * kLanes, d1 + d2);
+                store(d + 2 * S::cp + v * kLanes, d2 - d1);
+                store(d + 3 * S::cp + v * kLanes, d1 - d3);
+            }
+        }
+    }
+
+    // Output columns 2 pair.. 2 pair + 2 P - 1 of one row through the upsampler from the transformed inputs of the
+    // `count` kernel rows `rows[i]` (kernel row ky[i]); columns from w on are not stored.
+    template <int P, class Epi>
+    static void up_pairs(const float* const* rows, const int* ky, int count, int pair, int w, const float* g,
+                         const float* bias, Epi& epi) {
+        vf m[4][P][NU];
+        for (int k = 0; k < 4; ++k) {
+            Source sources[3];
+            for (int i = 0; i < count; ++i)
+                sources[i] = {rows[i] + (size_t(pair) * 4 + k) * S::cp, 4 * S::cp, g + size_t(4 * ky[i] + k) * S::c * kUp};
+            matmul_tiles<NU, S::c, P, 0>(sources, count, 0, k == 1 ? bias : nullptr, m[k]);
+        }
+        for (int j = 0; j < P; ++j) {
+            vf left[NU], right[NU];
+            for (int v = 0; v < NU; ++v) {
+                left[v] = m[0][j][v] + m[1][j][v] + m[2][j][v];
+                right[v] = m[1][j][v] - m[2][j][v] - m[3][j][v];
+            }
+            const int x = 2 * (pair + j);
+            epi(x, left);
+            if (x + 1 < w) epi(x + 1, right);
+        }
+    }
+
     // Member `m` of `team` runs its share of the tail on one image; the rings live in member 0's `ring_memory`,
-    // shared by the team through `memory`.
+    // shared by the team through `memory`. `winograd`: the upsampler's weights for up_pairs, if it is used.
     static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
-                      int w, Team& team, int m, float*& memory) {
+                      int w, Team& team, int m, float*& memory, const float* winograd) {
         static constexpr int reach[3] = {0, 1, 1};  // c2's depthwise 3x3, then the upsampler's 3x3
         const Lags<3> lags(reach, team.size() > 1);
         const int(&lag)[3] = lags.lag;
         Ring t{lags.ring(0), w, S::cp, nullptr}, z{lags.ring(1), w, S::cp, nullptr};
         const auto rings = {&t, &z};
-        float* scratch = team.share_rings(rings, size_t(w) * S::cp, 0, w, m, memory);  // this member's c1 output row
+        // this member's c1 output row, and for Winograd the transformed rows of z it reads (3, for all pairs)
+        const int pairs = (w + 1) / 2;
+        const size_t transformed = size_t(pairs) * 4 * S::cp;
+        float* scratch =
+            team.share_rings(rings, size_t(w) * S::cp + (LKDN_WINOGRAD ? 3 * transformed : 0), 0, w, m, memory);
         int lo, hi;
         team.share(m, 0, w, lo, hi);
         const int cols = hi - lo;
+        const int p0 = (lo + 1) / 2, p1 = (hi + 1) / 2;  // this member's pairs: from its first even column on
+        int transformed_to = -1;  // the last row of z transformed
         std::vector<Source> sources(std::max(blocks, 9));
         for (int k = 0; k < h + lag[2]; ++k) {
             if (const int y = k - lag[0]; y < h) {
@@ -874,7 +949,26 @@ struct Tail {
             if (const int y = k - lag[1]; y >= 0 && y < h)
                 depthwise_row<NC, 3, 1>(t, y, h, lo, hi, pr.c2_dw, pr.c2_db,
                                         AddFeatures{feat + (size_t(y) * w + lo) * S::c, z.row(y) + lo * S::cp});
-            if (const int y = k - lag[2]; y >= 0 && y < h) {
+            if (const int y = k - lag[2]; y >= 0 && y < h && LKDN_WINOGRAD) {
+                const float* rows[3];
+                int ky[3], count = 0;
+                for (int r = 0; r < 3; ++r) {
+                    const int yy = y + r - 1;
+                    if (yy < 0 || yy >= h) continue;  // zero padding: the row adds nothing
+                    float* at = scratch + size_t(w) * S::cp + size_t(yy % 3) * transformed;
+                    if (yy > transformed_to) {
+                        transform_row(z, yy, p0, p1, at);
+                        transformed_to = yy;
+                    }
+                    rows[count] = at;
+                    ky[count++] = r;
+                }
+                constexpr int P = kTilePixels<NU>;
+                const PixelShuffle epi{out + size_t(4 * y) * 4 * w, size_t(16) * h * w, 4 * w};
+                in_groups<P>(
+                    p0, p0, p1, [&](int pair) { up_pairs<P>(rows, ky, count, pair, w, winograd, pr.up_b, epi); },
+                    [&](int pair) { up_pairs<1>(rows, ky, count, pair, w, winograd, pr.up_b, epi); });
+            } else if (y >= 0 && y < h) {
                 int count = 0;
                 for (int ky = 0; ky < 3; ++ky) {
                     if (y + ky - 1 < 0 || y + ky - 1 >= h) continue;  // zero padding: the tap adds nothing
@@ -892,6 +986,7 @@ struct Tail {
     static void run(const float* const* hidden, int blocks, const float* feat, float* out, int n, int h, int w,
                     const float* params, int threads) {
         const TailParams pr(blocks, params);
+        const std::vector<float> winograd = LKDN_WINOGRAD ? winograd_weights(pr.up_w) : std::vector<float>();
         Team team(team_size(threads, w));
         float* memory = nullptr;
         team.run([&](int m) {
@@ -899,7 +994,7 @@ struct Tail {
             for (int i = 0; i < n; ++i) {
                 for (int b = 0; b < blocks; ++b) image_hidden[b] = hidden[b] + size_t(i) * h * w * S::c;
                 image(pr, image_hidden.data(), blocks, feat + size_t(i) * h * w * S::c, out + size_t(i) * 48 * h * w, h,
-                      w, team, m, memory);
+                      w, team, m, memory, winograd.data());
             }
         });
     }
