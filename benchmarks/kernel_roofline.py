@@ -1,6 +1,6 @@
 """How close the native kernels run to the core's FMA peak, stage by stage, at one thread.
 
-    python benchmarks/kernel_roofline.py [--size 256x256] [--build tiles=wide] [--runs 9]
+    python benchmarks/kernel_roofline.py [--size 256x256] [--build tiles=wide] [--runs 9] [--widths 64 128 256 512]
 
 Measures the core's peak rate of vector FMAs (benchmarks/kernels/fma_peak.cpp, built like the kernels, on their
 vector width), then times the kernels' stages on one thread (the whole network, one distillation block, the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import statistics
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from bench_inference import load_model  # this script's folder
 
 from models import LKDN
+from utils.cli import positive_int
 from utils.device import cpu_description
 from utils.errors import UserError, run_cli
 from utils.measure.timing import median_ms
@@ -144,6 +146,37 @@ def stage_times(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int) 
         }  # fmt: skip
 
 
+def width_rows(model: LKDN, flags: tuple[str, ...], widths: list[int], runs: int, h: int = 128) -> list[str]:
+    """One block's time per pixel on h-row images of each width, each as one column strip (the build's strip
+    widened past them, so no halo is recomputed): what the rings' growing footprint costs (one row of every ring
+    per pipeline step; wider rows leave L1, then L2). The widths are timed in interleaved rounds, and each is
+    compared with the narrowest in the same round (the median of those ratios), as the machine's speed drifts."""
+    flags = (*(f for f in flags if not f.startswith("-DLKDN_STRIP=")), f"-DLKDN_STRIP={max(widths)}")
+    runner = native.NativeLKDN(model, flags).eval()
+    lib, c = native.load_kernel(flags), model.num_feat
+    eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
+    g = torch.Generator().manual_seed(0)
+    inputs = {w: torch.rand(1, h, w, c, generator=g) for w in widths}
+    outputs = {w: torch.empty_like(x) for w, x in inputs.items()}
+    per_pixel: dict[int, list[float]] = {w: [] for w in widths}
+    for _ in range(runs + 1):  # the first round warms up
+        for w in widths:
+            start = time.perf_counter()
+            lib.lkdb_forward(
+                inputs[w].data_ptr(), outputs[w].data_ptr(), 1, h, w, c, runner.packed0.data_ptr(), eps, 1
+            )
+            per_pixel[w].append((time.perf_counter() - start) * 1e9 / (h * w))
+    narrowest = per_pixel[widths[0]][1:]
+    lines = []
+    for w in widths:
+        times = per_pixel[w][1:]
+        ratio = statistics.median(t / n for t, n in zip(times, narrowest, strict=True))
+        lines.append(
+            f"  LR {h}x{w}: {statistics.median(times):5.0f} ns per pixel, {ratio:.2f}x LR {h}x{widths[0]}'s"
+        )
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="256x256", help="LR size HxW")
@@ -152,6 +185,10 @@ def main() -> int:
     )
     p.add_argument("--runs", type=int, default=9)
     p.add_argument("--model_path", default=None)
+    p.add_argument(
+        "--widths", type=positive_int, nargs="*", default=[],
+        help="also one block's ns per pixel at these LR widths (height 128), each as one column strip",
+    )  # fmt: skip
     p.add_argument(
         "--ring_offset", type=int, default=0,
         help="floats between a cache line's start and the depthwise parts' ring (the kernels place it at 0)",
@@ -190,6 +227,9 @@ def main() -> int:
         f"one block's parts add up to {block_ns:.0f} ns per pixel; the block took {times['block'] * 1e6 / pixels:.0f}"
         " (the rest: LayerNorm, stores, the rings' cache misses)"
     )
+    if args.widths:
+        print("one block by width, one column strip each (wider rows: larger rings, no halo):")
+        print("\n".join(width_rows(model, flags, args.widths, args.runs)))
     return 0
 
 

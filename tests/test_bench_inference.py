@@ -77,7 +77,7 @@ def test_the_sweep_prints_a_row_per_path_and_size(tmp_path):
 def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "kernel_roofline.py"), "--size", "12x20", "--runs", "1",
-         "--build", "tiles=wide", "--model_path", str(tmp_path / "absent.pth")],
+         "--build", "tiles=wide", "--model_path", str(tmp_path / "absent.pth"), "--widths", "16", "24"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -87,6 +87,8 @@ def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     assert {"network", "block", "tail", "depthwise", "product"} <= set(shares)
     assert all(0 < share < 200 for share in shares.values())  # percent (a busy machine may skew the peak)
     assert "GELU" in done.stdout and "one block's parts add up to" in done.stdout
+    widths = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  LR 128x")]
+    assert widths == ["128x16:", "128x24:"] and "1.00x LR 128x16's" in done.stdout  # each against the narrowest
 
 
 def test_a_bad_size_is_one_line_and_exit_2(tmp_path):
