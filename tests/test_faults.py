@@ -269,6 +269,7 @@ def _image_folder(folder: Path, count: int, size: int, first: int = 0) -> list[P
     return paths
 
 
+ATOMIC_TEMPORARY = re.compile(r"\..+\.\d+-[0-9a-f]+\.tmp")  # write_bytes_atomic's temporary file of a path
 IMAGES = 24  # per folder run: enough that a fault lands mid-way, few enough to finish fast
 
 
@@ -313,6 +314,8 @@ def _inference(tmp: Path, *flags: str) -> Entry:
 
     def kept() -> None:
         for path in out.glob("*"):  # each output written is whole (checked by decoding) and of its input
+            if ATOMIC_TEMPORARY.fullmatch(path.name):
+                continue  # a SIGKILL mid-write leaves one: the next run removes it (_assert_no_partial_file)
             assert re.fullmatch(r"\d{4}_x4\.png", path.name), path
 
     def complete() -> None:

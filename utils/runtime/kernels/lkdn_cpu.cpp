@@ -938,6 +938,39 @@ struct Tail {
         const int p0 = (lo + 1) / 2, p1 = (hi + 1) / 2;  // this member's pairs: from its first even column on
         int transformed_to = -1;  // the last row of z transformed
         std::vector<Source> sources(std::max(blocks, 9));
+        // the upsampler's output row y: 9 products, one per tap
+        auto direct_row = [&](int y) {
+            int count = 0;
+            for (int ky = 0; ky < 3; ++ky) {
+                if (y + ky - 1 < 0 || y + ky - 1 >= h) continue;  // zero padding: the tap adds nothing
+                for (int kx = 0; kx < 3; ++kx)
+                    sources[count++] = {z.row(y + ky - 1) + (lo + kx - 1) * S::cp, S::cp,
+                                        pr.up_w + size_t(ky * 3 + kx) * S::c * kUp};
+            }
+            const PixelShuffle epi{out + size_t(4 * y) * 4 * w + 4 * lo, size_t(16) * h * w, 4 * w};
+            matmul_row<NU, S::c>(sources.data(), count, cols, pr.up_b, epi);
+        };
+        // the same from pairs of columns (see up_pairs)
+        auto winograd_row = [&](int y) {
+            const float* rows[3];
+            int ky[3], count = 0;
+            for (int r = 0; r < 3; ++r) {
+                const int yy = y + r - 1;
+                if (yy < 0 || yy >= h) continue;  // zero padding: the row adds nothing
+                float* at = scratch + size_t(w) * S::cp + size_t(yy % 3) * transformed;
+                if (yy > transformed_to) {
+                    transform_row(z, yy, p0, p1, at);
+                    transformed_to = yy;
+                }
+                rows[count] = at;
+                ky[count++] = r;
+            }
+            constexpr int P = kTilePixels<NU>;
+            const PixelShuffle epi{out + size_t(4 * y) * 4 * w, size_t(16) * h * w, 4 * w};
+            in_groups<P>(
+                p0, p0, p1, [&](int pair) { up_pairs<P>(rows, ky, count, pair, w, winograd, pr.up_b, epi); },
+                [&](int pair) { up_pairs<1>(rows, ky, count, pair, w, winograd, pr.up_b, epi); });
+        };
         for (int k = 0; k < h + lag[2]; ++k) {
             if (const int y = k - lag[0]; y < h) {
                 for (int b = 0; b < blocks; ++b)
@@ -949,35 +982,11 @@ struct Tail {
             if (const int y = k - lag[1]; y >= 0 && y < h)
                 depthwise_row<NC, 3, 1>(t, y, h, lo, hi, pr.c2_dw, pr.c2_db,
                                         AddFeatures{feat + (size_t(y) * w + lo) * S::c, z.row(y) + lo * S::cp});
-            if (const int y = k - lag[2]; y >= 0 && y < h && LKDN_WINOGRAD) {
-                const float* rows[3];
-                int ky[3], count = 0;
-                for (int r = 0; r < 3; ++r) {
-                    const int yy = y + r - 1;
-                    if (yy < 0 || yy >= h) continue;  // zero padding: the row adds nothing
-                    float* at = scratch + size_t(w) * S::cp + size_t(yy % 3) * transformed;
-                    if (yy > transformed_to) {
-                        transform_row(z, yy, p0, p1, at);
-                        transformed_to = yy;
-                    }
-                    rows[count] = at;
-                    ky[count++] = r;
-                }
-                constexpr int P = kTilePixels<NU>;
-                const PixelShuffle epi{out + size_t(4 * y) * 4 * w, size_t(16) * h * w, 4 * w};
-                in_groups<P>(
-                    p0, p0, p1, [&](int pair) { up_pairs<P>(rows, ky, count, pair, w, winograd, pr.up_b, epi); },
-                    [&](int pair) { up_pairs<1>(rows, ky, count, pair, w, winograd, pr.up_b, epi); });
-            } else if (y >= 0 && y < h) {
-                int count = 0;
-                for (int ky = 0; ky < 3; ++ky) {
-                    if (y + ky - 1 < 0 || y + ky - 1 >= h) continue;  // zero padding: the tap adds nothing
-                    for (int kx = 0; kx < 3; ++kx)
-                        sources[count++] = {z.row(y + ky - 1) + (lo + kx - 1) * S::cp, S::cp,
-                                            pr.up_w + size_t(ky * 3 + kx) * S::c * kUp};
-                }
-                const PixelShuffle epi{out + size_t(4 * y) * 4 * w + 4 * lo, size_t(16) * h * w, 4 * w};
-                matmul_row<NU, S::c>(sources.data(), count, cols, pr.up_b, epi);
+            if (const int y = k - lag[2]; y >= 0 && y < h) {
+                if constexpr (LKDN_WINOGRAD != 0)
+                    winograd_row(y);
+                else
+                    direct_row(y);
             }
             team.wait();
         }
