@@ -221,7 +221,7 @@ def main() -> int:
     where = (
         f", the depthwise convs' ring {args.ring_offset} floats off a cache line" if args.ring_offset else ""
     )
-    print(f"the block's parts alone (one row of 256 pixels in L1, padded channels counted{where}):")
+    print(f"the block's parts alone (one row of 256 pixels kept in cache, padded channels counted{where}):")
     print("\n".join(lines))
     print(
         f"one block's parts add up to {block_ns:.0f} ns per pixel; the block took {times['block'] * 1e6 / pixels:.0f}"

@@ -88,9 +88,8 @@ def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     assert all(0 < share < 200 for share in shares.values())  # percent (a busy machine may skew the peak)
     assert "GELU" in done.stdout and "one block's parts add up to" in done.stdout
     widths = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  LR 128x")]
-    assert (
-        widths == ["128x16:", "128x24:"] and "1.00x LR 128x16's" in done.stdout
-    )  # each against the narrowest
+    assert widths == ["128x16:", "128x24:"]
+    assert "1.00x LR 128x16's" in done.stdout  # each width against the narrowest
 
 
 def test_a_bad_size_is_one_line_and_exit_2(tmp_path):
