@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_inference import load_model  # this script's folder
+from bench_inference import load_model, round_ratios  # this script's folder
 
 from models import LKDN
 from utils.cli import positive_int
@@ -159,22 +159,19 @@ def width_rows(model: LKDN, flags: tuple[str, ...], widths: list[int], runs: int
     inputs = {w: torch.rand(1, h, w, c, generator=g) for w in widths}
     outputs = {w: torch.empty_like(x) for w, x in inputs.items()}
     per_pixel: dict[int, list[float]] = {w: [] for w in widths}
-    for _ in range(runs + 1):  # the first round warms up
+    for round_ in range(runs + 1):  # the first round warms up
         for w in widths:
             start = time.perf_counter()
             lib.lkdb_forward(
                 inputs[w].data_ptr(), outputs[w].data_ptr(), 1, h, w, c, runner.packed0.data_ptr(), eps, 1
             )
-            per_pixel[w].append((time.perf_counter() - start) * 1e9 / (h * w))
-    narrowest = per_pixel[widths[0]][1:]
-    lines = []
-    for w in widths:
-        times = per_pixel[w][1:]
-        ratio = statistics.median(t / n for t, n in zip(times, narrowest, strict=True))
-        lines.append(
-            f"  LR {h}x{w}: {statistics.median(times):5.0f} ns per pixel, {ratio:.2f}x LR {h}x{widths[0]}'s"
-        )
-    return lines
+            if round_:
+                per_pixel[w].append((time.perf_counter() - start) * 1e9 / (h * w))
+    return [
+        f"  LR {h}x{w}: {statistics.median(per_pixel[w]):5.0f} ns per pixel, "
+        f"{statistics.median(round_ratios(per_pixel, w, widths[0])):.2f}x LR {h}x{widths[0]}'s"
+        for w in widths
+    ]
 
 
 def main() -> int:
