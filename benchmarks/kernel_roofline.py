@@ -1,14 +1,16 @@
 """How close the native kernels run to the core's FMA peak, stage by stage, at one thread.
 
     python benchmarks/kernel_roofline.py [--size 256x256] [--build tiles=wide] [--runs 9] [--widths 64 128 256 512]
+                                         [--in_place]
 
 Measures the core's peak rate of vector FMAs (benchmarks/kernels/fma_peak.cpp, built like the kernels, on their
 vector width), then times the kernels' stages on one thread (the whole network, one distillation block, the
 tail) and divides each stage's conv multiply-accumulates (the fused model's real channels, not the padding the
 kernels compute) by its time. What separates a stage from 100% is the padding of channels to whole vectors,
 GELU, LayerNorm, the depthwise convs' loads and the stores: a kernel change can win at most that gap; a larger
-speed-up needs less arithmetic. `--build`: a kernel build (utils/runtime/native_tune.py's settings; default: the
-one chosen for this CPU at one thread).
+speed-up needs less arithmetic. `--in_place`: what each part costs inside a block, where the parts overlap and
+read rings from L2 and beyond (the block timed with each part's arithmetic left out). `--build`: a kernel build
+(utils/runtime/native_tune.py's settings; default: the one chosen for this CPU at one thread).
 """
 
 from __future__ import annotations
@@ -174,6 +176,52 @@ def width_rows(model: LKDN, flags: tuple[str, ...], widths: list[int], runs: int
     ]
 
 
+LEFT_OUT = (  # lkdn_cpu.cpp's LKDN_SKIP bits, and what each leaves out
+    (1, "the products' multiply-adds"),
+    (2, "the depthwise convs' multiply-adds"),
+    (4, "GELU"),
+    (8, "LayerNorm's statistics"),
+    (15, "all four"),
+)
+
+
+def in_place_rows(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int) -> list[str]:
+    """One block's time per pixel, whole and with each part's arithmetic left out (LKDN_SKIP builds, whose output
+    is wrong), timed in interleaved rounds: the time a part's absence saves, as the median of the rounds'
+    differences, is what that part costs where it runs, overlapped with the others; what is left with all four
+    out is the loads, stores and loops. Each build's max|diff| from the whole block shows that it left its part out.
+    """
+    runner = native.NativeLKDN(model, flags).eval()  # the packed weights do not depend on LKDN_SKIP
+    c, packed = model.num_feat, runner.packed0.data_ptr()
+    eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
+    libs = {0: native.load_kernel(flags)}
+    libs.update((bit, native.load_kernel((*flags, f"-DLKDN_SKIP={bit}"))) for bit, _ in LEFT_OUT)
+    x = torch.rand(1, h, w, c, generator=torch.Generator().manual_seed(0))
+    out = {bit: torch.empty_like(x) for bit in libs}
+    per_pixel: dict[int, list[float]] = {bit: [] for bit in libs}
+    for round_ in range(runs + 1):  # the first round warms up
+        for bit, lib in libs.items():
+            start = time.perf_counter()
+            lib.lkdb_forward(x.data_ptr(), out[bit].data_ptr(), 1, h, w, c, packed, eps, 1)
+            if round_:
+                per_pixel[bit].append((time.perf_counter() - start) * 1e9 / (h * w))
+    whole = statistics.median(per_pixel[0])
+    lines = [f"  the whole block {whole:34.0f} ns per pixel"]
+    for bit, name in LEFT_OUT:
+        saved = statistics.median(a - b for a, b in zip(per_pixel[0], per_pixel[bit], strict=True))
+        diff = (out[bit] - out[0]).abs().max().item()
+        if bit == 15:
+            left = statistics.median(per_pixel[bit])
+            lines.append(
+                f"  {name} left out: {left:22.0f} ns per pixel remain ({left / whole:.0%}), max|diff| {diff:.1e}"
+            )
+        else:
+            lines.append(
+                f"  {name:38s} {saved:11.0f} ns per pixel ({saved / whole:.0%}), max|diff| {diff:.1e}"
+            )
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="256x256", help="LR size HxW")
@@ -189,6 +237,10 @@ def main() -> int:
     p.add_argument(
         "--ring_offset", type=int, default=0,
         help="floats between a cache line's start and the depthwise parts' ring (the kernels place it at 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--in_place", action="store_true",
+        help="also what each part of a block costs in place: the block timed with each part's arithmetic left out",
     )  # fmt: skip
     args = p.parse_args()
     try:
@@ -224,6 +276,11 @@ def main() -> int:
         f"one block's parts add up to {block_ns:.0f} ns per pixel; the block took {times['block'] * 1e6 / pixels:.0f}"
         " (the rest: LayerNorm, stores, the rings' cache misses)"
     )
+    if args.in_place:
+        print(
+            f"one block in place at LR {h}x{w}: the time it saves with a part left out (interleaved rounds)"
+        )
+        print("\n".join(in_place_rows(model, flags, h, w, args.runs)))
     if args.widths:
         print("one block by width, one column strip each (wider rows: larger rings, no halo):")
         print("\n".join(width_rows(model, flags, args.widths, args.runs)))

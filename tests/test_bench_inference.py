@@ -77,7 +77,8 @@ def test_the_sweep_prints_a_row_per_path_and_size(tmp_path):
 def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "kernel_roofline.py"), "--size", "12x20", "--runs", "1",
-         "--build", "tiles=wide", "--model_path", str(tmp_path / "absent.pth"), "--widths", "16", "24"],
+         "--build", "tiles=wide", "--model_path", str(tmp_path / "absent.pth"), "--widths", "16", "24",
+         "--in_place"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -90,6 +91,11 @@ def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     widths = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  LR 128x")]
     assert widths == ["128x16:", "128x24:"]
     assert "1.00x LR 128x16's" in done.stdout  # each width against the narrowest
+    # each LKDN_SKIP build left its part out: its block's output is not the whole block's
+    left_out = [line for line in done.stdout.splitlines() if "max|diff|" in line]
+    parts = ("the products'", "the depthwise convs'", "GELU", "LayerNorm's statistics", "all four left out")
+    assert [line.strip()[: len(p)] for line, p in zip(left_out, parts, strict=True)] == list(parts)
+    assert all(float(line.split()[-1]) > 1e-3 for line in left_out)
 
 
 def test_a_bad_size_is_one_line_and_exit_2(tmp_path):

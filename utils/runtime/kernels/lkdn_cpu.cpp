@@ -91,6 +91,13 @@ constexpr int kDefaultRegisters = 6, kDefaultDepthwisePixels = 4;
 #ifndef LKDN_WINOGRAD
 #define LKDN_WINOGRAD 0
 #endif
+// LKDN_SKIP, for benchmarks/kernel_roofline.py --in_place only: a build that leaves out the arithmetic of some parts
+// (its output is wrong): 1 the products' multiply-adds, 2 the depthwise convs', 4 GELU, 8 LayerNorm's statistics.
+// The time a block saves without a part is what that part costs where it runs, overlapped with the others.
+#ifndef LKDN_SKIP
+#define LKDN_SKIP 0
+#endif
+constexpr int kSkip = LKDN_SKIP;
 constexpr int kRegisters = LKDN_REGISTERS, kDepthwisePixels = LKDN_DEPTHWISE_PIXELS;
 constexpr bool kWideTiles = LKDN_WIDE_TILES != 0;
 
@@ -177,6 +184,7 @@ alignas(64) constexpr float kGeluTable[5][32] = {
 };
 
 __attribute__((always_inline)) inline vf gelu(vf x) {
+    if constexpr ((kSkip & 4) != 0) return x;
     const __m512 v = __m512(x), a = _mm512_abs_ps(v);
     const __m512 s = _mm512_min_ps(_mm512_mul_ps(a, _mm512_set1_ps(31.0f / 6.0f)), _mm512_set1_ps(31.0f));
     const __m512i j = _mm512_cvt_roundps_epi32(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -198,6 +206,7 @@ __attribute__((always_inline)) inline vf gelu(vf x) {
 // (tests/test_native_inference.py checks it through `lkdn_gelu`). Always inlined: GCC had left a call per vector
 // where GELU feeds a masked store.
 __attribute__((always_inline)) inline vf gelu(vf x) {
+    if constexpr ((kSkip & 4) != 0) return x;
     const vf t = clamp(x, -5.93969696196699f, 5.93969696196699f), z = t * t;
     vf p = splat(1.654249767399956e-06f);
     p = p * z - 3.362553138454656e-04f;
@@ -295,7 +304,7 @@ inline void matmul_tile(const Source* sources, int count, int p0, const float* b
         const vf b = bias ? load(bias + (V0 + v) * kLanes) : vf{};
         for (int p = 0; p < P; ++p) acc[p][v] = b;
     }
-    for (int s = 0; s < (COUNT > 0 ? COUNT : count); ++s) {
+    for (int s = 0; s < ((kSkip & 1) != 0 ? 0 : COUNT > 0 ? COUNT : count); ++s) {
         const Source src = sources[s];
         const float* in = src.base + size_t(p0) * src.stride;
         for (int i = 0; i < CIN; ++i) {
@@ -558,6 +567,7 @@ void depthwise_row(const Ring& src, int y, int h, int x0, int x1, const float* w
         if (taps == 0) first = ky;
         rows[taps++] = src.row(yy) - R * L;
     }
+    if constexpr ((kSkip & 2) != 0) taps = 0;
     auto run = [&](int x, int v, auto pixels) {
         constexpr int N = decltype(pixels)::value;
         vf acc[N];
@@ -679,13 +689,13 @@ struct Block {
         void operator()(int p, const vf* a) const {  // pad lanes of `a` are exactly zero (zero weights)
             vf sum{};
             for (int v = 0; v < NC; ++v) sum += a[v];
-            const float mean = sum_lanes(sum) / S::c;
+            const float mean = (kSkip & 8) != 0 ? 0.0f : sum_lanes(sum) / S::c;
             vf centred[NC], sq{};
             for (int v = 0; v < NC; ++v) {
                 centred[v] = (a[v] - mean) * load(real + v * kLanes);  // only real channels count
                 sq += centred[v] * centred[v];
             }
-            const float rstd = 1.0f / __builtin_sqrtf(sum_lanes(sq) / S::c + eps);
+            const float rstd = (kSkip & 8) != 0 ? 1.0f : 1.0f / __builtin_sqrtf(sum_lanes(sq) / S::c + eps);
             for (int v = 0; v < NC; ++v) {
                 const int n = std::min(kLanes, S::c - v * kLanes);
                 const size_t at = size_t(p) * S::c + v * kLanes;
