@@ -27,8 +27,10 @@ needs_kernels = pytest.mark.skipif(
 )
 
 
-def native_output(model: LKDN, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
-    module = NativeLKDN(model).eval()
+def native_output(
+    model: LKDN, x: torch.Tensor, threads: int | None = None, build: tuple[str, ...] = ()
+) -> torch.Tensor:
+    module = NativeLKDN(model, build).eval()
     previous = torch.get_num_threads()
     try:
         if threads:
@@ -65,11 +67,32 @@ def test_native_equals_reference_for_the_papers_lkdn():
 
 @needs_kernels
 def test_wide_images_run_in_column_strips_with_the_same_result(random_lkdn_s):
-    """Rows wider than 256 pixels are cut into column strips that recompute their halos (3 strips here)."""
+    """Rows wider than 256 pixels are cut into column strips (3 here) that hand on the columns their steps read
+    beside their own."""
     x = torch.rand(1, 3, 14, 520, generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(
         native_output(random_lkdn_s, x), reference_output(random_lkdn_s, x), atol=ATOL, rtol=0
     )
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_narrow_strips_give_the_bits_of_one_strip(random_lkdn_s):
+    """Strips of 32-38 columns (the narrowest the kernels cut: each hands on up to 12 columns a step reads left
+    of the next strip's) compute every column once, as one strip does: the same bits, for one thread, for a team
+    sharing each strip's rows and for one taking the strips in turn, on widths that do not divide evenly and a
+    batch of two."""
+    g = torch.Generator().manual_seed(9)
+    narrow, whole = ("-DLKDN_STRIP=32",), ("-DLKDN_STRIP=4096",)
+    in_turn = ("-DLKDN_STRIP=32", "-DLKDN_TEAM_COLUMNS=1")  # a team's members take the strips in turn
+    for shape in ((2, 3, 9, 150), (1, 3, 23, 97), (1, 3, 5, 64)):
+        x = torch.rand(shape, generator=g)
+        one = native_output(random_lkdn_s, x, threads=1, build=whole)
+        for threads, build in ((1, narrow), (2, narrow), (2, in_turn), (3, in_turn)):
+            torch.testing.assert_close(
+                native_output(random_lkdn_s, x, threads=threads, build=build), one, atol=0, rtol=0
+            )
+    torch.testing.assert_close(one, reference_output(random_lkdn_s, x), atol=ATOL, rtol=0)
 
 
 @needs_kernels
@@ -265,13 +288,15 @@ def test_the_kernels_refuse_tensors_they_cannot_read(random_lkdn_s):
         native_lkdn.lkdn_tail([x] * 4 + [x[:, :3]], x, module.packed_tail)
 
 
-WINOGRAD = ("-DLKDN_WINOGRAD=1",)  # the upsampler as Winograd F(2,3): its own reads of the rings
+# the upsampler as Winograd F(2,3) (its own reads of the rings), strips of 64 columns (up to 8 on 530, each
+# handing on columns to the next) and a team that takes the strips in turn (each waiting for the one before)
+WINOGRAD = ("-DLKDN_WINOGRAD=1", "-DLKDN_STRIP=64", "-DLKDN_TEAM_COLUMNS=1")
 
 
 @pytest.mark.parametrize(
     "threads, upsampler",
     [("std::thread", ()), ("OpenMP", ()), ("std::thread", WINOGRAD)],
-    ids=["threads", "openmp", "winograd"],
+    ids=["threads", "openmp", "winograd-strips64-columns"],
 )
 def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads, upsampler):
     """The whole network at 42 and 56 channels on odd sizes (1x1 to 3x530, batch 1-3, 1-3 threads), built with
@@ -280,7 +305,7 @@ def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads, u
     run_sanitized("lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, flags + upsampler)
 
 
-@pytest.mark.parametrize("upsampler", [(), WINOGRAD], ids=["direct", "winograd"])
+@pytest.mark.parametrize("upsampler", [(), WINOGRAD], ids=["direct", "winograd-strips64-columns"])
 def test_the_threads_share_rings_without_a_data_race(tmp_path, upsampler):
     """The same harness under ThreadSanitizer: a team's threads write and read the same rings, ordered only by
     their barrier (OpenMP's runtime is not instrumented, so the std::thread build is the one checked)."""

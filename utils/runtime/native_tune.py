@@ -2,8 +2,8 @@
 
 What is fastest differs between CPUs of one instruction set (the product tiles that win on one AVX-512 CPU lose on
 another; a CPU that splits 512-bit operations in two may prefer 8-lane vectors), so the kernels' free choices are
-build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_GELU_TABLE, LKDN_WINOGRAD, LKDN_STRIP,
-LKDN_DEPTHWISE_PIXELS, LKDN_CALLER_SHARE, the vector width) and this module tunes them on the machine itself, one
+build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_GELU_TABLE, LKDN_WINOGRAD, LKDN_TEAM_COLUMNS,
+LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, LKDN_CALLER_SHARE, the vector width) and this module tunes them on the machine itself, one
 setting after another from the default build: the setting's alternatives are built (cached like any kernel build),
 checked against the reference module's output (a build that differs by more than ATOL is never chosen) and timed
 against the current choice in interleaved rounds on two input sizes; an alternative replaces the current value if it
@@ -69,7 +69,12 @@ SETTINGS = (
         "gelu", "rational", {"table": ("-DLKDN_GELU_TABLE=1",)}, needs="AVX-512", when=(("vectors", "512"),)
     ),
     Setting("upsampler", "direct", {"winograd": ("-DLKDN_WINOGRAD=1",)}),
-    Setting("strip", "256", {"128": ("-DLKDN_STRIP=128",), "512": ("-DLKDN_STRIP=512",)}),
+    Setting("team", "rows", {"columns": ("-DLKDN_TEAM_COLUMNS=1",)}, min_threads=2),
+    Setting(
+        "strip",
+        "256",
+        {"64": ("-DLKDN_STRIP=64",), "128": ("-DLKDN_STRIP=128",), "512": ("-DLKDN_STRIP=512",)},
+    ),
     Setting("depthwise", "full", {"half": ("-DLKDN_DEPTHWISE_PIXELS=kDefaultDepthwisePixels/2",)}),
     Setting(
         "caller_share",

@@ -19,8 +19,8 @@
 // rows finished in earlier pipeline steps: the threads of a team share the rings, split every step's columns
 // between them, and meet at one barrier per pipeline step. No thread recomputes another's rows, which is what
 // small images need (bands of rows per thread would each recompute a 12-row halo per block).
-// Wide rows are cut into column strips, so that the rings stay in cache; a strip recomputes the 12 columns of
-// halo it needs beside it.
+// Wide rows are cut into column strips, so that the rings stay in cache; a strip takes the columns its steps read
+// left of their own from the strip before, which kept them for every row (see Block::strip).
 // Channels are padded to whole vectors inside; pad lanes may hold junk but are never read as channels
 // (matrix products read only real input channels, depthwise steps are lane-wise, LayerNorm masks them).
 // Bias, GELU, the attention product and LayerNorm are applied to a product's results before they are stored.
@@ -74,6 +74,11 @@ constexpr int kDefaultRegisters = 6, kDefaultDepthwisePixels = 4;
 // LKDN_WIDE_PIXELS: the most pixels in a wide tile.
 #ifndef LKDN_WIDE_PIXELS
 #define LKDN_WIDE_PIXELS 8
+#endif
+// LKDN_TEAM_COLUMNS: threads run a block on parts of the image's columns, each on its own (see Block::columns),
+// instead of sharing every row's columns and meeting at a barrier per pipeline step.
+#ifndef LKDN_TEAM_COLUMNS
+#define LKDN_TEAM_COLUMNS 0
 #endif
 // LKDN_CALLER_SHARE: the calling thread's share of a team's columns, in percent of an equal share (see Team).
 #ifndef LKDN_CALLER_SHARE
@@ -549,6 +554,19 @@ class Team {
     std::atomic<int> arrived_{0}, generation_{0};
 };
 
+// Returns once `counter` reaches `value` (another thread's progress): spinning, and yielding the core when it is late.
+inline void wait_until(const std::atomic<long>& counter, long value) {
+    for (int spins = 0; counter.load(std::memory_order_acquire) < value; ++spins) {
+        if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            std::this_thread::yield();
+        }
+    }
+}
+
 // Threads for an image w columns wide: each takes at least 16 columns of every row (fewer are not worth a barrier).
 inline int team_size(int threads, int w) { return std::max(1, std::min(threads, w / 16)); }
 
@@ -706,20 +724,59 @@ struct Block {
         float eps;
     };
 
-    // Member `m` of `team` runs its share of the block over columns [c0, c1) of one h x w image (all rows).
-    // Columns get halos: ring rows hold the strip's columns and 12 more on each side (local column 0 is
-    // c0 - 12). The rings live in member 0's `ring_memory`, shared by the team through `memory`.
+    // Columns a step reads left of its strip, computed by the strip before: `ring`, step `step`'s output, hands on
+    // its `cols` columns that the strip after reads, once step `ready` has run (for the distilled features, the
+    // last of the steps that fill them); `side_in` holds the strip before's for every row, `side_out` this one's.
+    struct Carried {
+        Ring* ring;
+        int step, ready, cols;
+        const float* side_in;
+        float* side_out;
+    };
+    // Where a strip's carried columns come from and go (`in` may be `out`: a row is read before it is written),
+    // and, for strips run by different threads at once (see columns), the counts of pipeline steps whose
+    // columns are out: `ready` the strip before's (wait for it), `done` this one's (publish it), from `base` on.
+    struct Hand {
+        const float* in;
+        float* out;
+        const std::atomic<long>* ready;
+        std::atomic<long>* done;
+        long base;
+    };
+    // the columns each ring hands on (strip's `carried` order): the next step reads its reach and the offsets'
+    // difference left of its own columns (2 for a 3x3 conv's input, 4 and 12 for the 5x5 ones'); step 7 reads u
+    // and step 5 the distilled features at their own columns (8 and 4 left of those who wrote them)
+    static constexpr int kCarriedColumns[8] = {2, 2, 2, 2, 4, 4, 8, 12};
+    static constexpr size_t side_floats(int h) {  // a strip's side_out: what every row hands on
+        constexpr int lanes[8] = {S::cp, S::cp, S::cp, S::dp, S::dist, S::cp, S::cp, S::cp};
+        size_t row = 0;
+        for (int i = 0; i < 8; ++i) row += size_t(kCarriedColumns[i]) * lanes[i];
+        return size_t(h) * row;
+    }
+
+    // Member `m` of `team` runs its share of the block over the strip of columns [c0, c1) of one h x w image (all
+    // rows). The rings live in member 0's `ring_memory`, shared by the team through `memory`. A step reads a few
+    // columns beside those it computes (the dilated conv 6 on each side), so step k computes columns [c0 - off[k],
+    // c1 - off[k]) of the image (off: the reaches of the steps before it, added up; the first and last strips
+    // reach the image's edges): what it reads left of those, the strip before computed and copied to `side` for
+    // every row, and this strip copies it back into its rings' rows as each row starts, and its own columns for
+    // the next strip out as each row is done. So no column is computed twice (strips of 128 columns that
+    // recomputed them took about 1.02x the time, measured on a 2-core Intel Xeon: docs/speed.md), and the result
+    // is the same as one strip's. Ring rows hold the columns from c0 - 12 on.
     static void strip(const Params& pr, const float* x, float* out, int h, int w, int c0, int c1, float eps,
-                      Team& team, int m, float*& memory) {
-        const int lw = c1 - c0 + 24, base = c0 - 12;
-        // one thread's lags: 0 1 2 3 4 6 12
-        static constexpr int reach[7] = {0, 1, 1, 1, 1, 2, 6}, halo[7] = {12, 11, 10, 9, 8, 6, 0};
-        const Lags<7> lags(reach, team.size() > 1);
+                      Team& team, int m, float*& memory, const Hand& hand) {
+        const int lw = c1 - c0 + 12, base = c0 - 12;
+        // one thread's lags: 0 1 2 3 4 6 12, which are also the steps' column offsets `off`
+        static constexpr int reach[7] = {0, 1, 1, 1, 1, 2, 6};
+        const bool in_team = team.size() > 1;
+        const Lags<7> lags(reach, in_team), offsets(reach, false);
         const int(&lag)[7] = lags.lag;
+        const int(&off)[7] = offsets.lag;
         Ring t[3] = {{lags.ring(0), lw, S::cp, nullptr}, {lags.ring(1), lw, S::cp, nullptr},
                      {lags.ring(2), lw, S::cp, nullptr}};
-        // dist: written from step 1 on, read by step 5; u: written by step 5, read by step 7
-        Ring t4{lags.ring(3), lw, S::dp, nullptr}, dist{lag[4] + 1, lw, S::dist, nullptr};
+        // dist: written from step 1 on, read by step 5 (in a team one row longer: its rows are copied out in the
+        // pipeline step after step 5 read them); u: written by step 5, read by step 7
+        Ring t4{lags.ring(3), lw, S::dp, nullptr}, dist{lag[4] + 1 + in_team, lw, S::dist, nullptr};
         Ring u{lag[6] - lag[4] + 1, lw, S::cp, nullptr}, a0{lags.ring(4), lw, S::cp, nullptr};
         Ring a1{lags.ring(5), lw, S::cp, nullptr};
         const auto rings = {&t[0], &t[1], &t[2], &t4, &dist, &u, &a0, &a1};
@@ -732,13 +789,43 @@ struct Block {
 
         int lo[7], hi[7], n[7];  // this member's local columns of each step
         for (int step = 0; step < 7; ++step) {
-            team.share(m, std::max(0, c0 - halo[step]) - base, std::min(w, c1 + halo[step]) - base, lo[step], hi[step]);
+            const int a = c0 == 0 ? 0 : c0 - off[step], b = c1 == w ? w : c1 - off[step];
+            team.share(m, a - base, b - base, lo[step], hi[step]);
             n[step] = hi[step] - lo[step];
         }
+        Ring* const carried_rings[8] = {&t[0], &t[1], &t[2], &t4, &dist, &a0, &u, &a1};
+        static constexpr int steps[8] = {0, 1, 2, 3, 0, 4, 4, 5}, ready[8] = {0, 1, 2, 3, 4, 4, 4, 5};
+        Carried carried[8];
+        for (size_t i = 0, at = 0; i < 8; at += size_t(h) * kCarriedColumns[i] * carried_rings[i]->lanes, ++i)
+            carried[i] = {carried_rings[i], steps[i], ready[i], kCarriedColumns[i], hand.in + at, hand.out + at};
+        // The members take the rings in turn. A ring's row is copied into when pipeline step k starts it (columns
+        // no member computes, read in a later pipeline step, or later in this one by one thread) ...
+        auto carry_in = [&](int k) {
+            for (int i = m; i < 8; i += team.size())
+                if (const Carried& c = carried[i]; k - lag[c.step] >= 0 && k - lag[c.step] < h) {
+                    const int y = k - lag[c.step];
+                    if (hand.ready) wait_until(*hand.ready, hand.base + y + lag[c.ready] + 1);
+                    std::memcpy(c.ring->row(y) + (c0 - off[c.step] - c.cols - base) * c.ring->lanes,
+                                c.side_in + size_t(y) * c.cols * c.ring->lanes, size_t(c.cols) * c.ring->lanes * 4);
+                }
+        };
+        // ... and out of when pipeline step k ends, once the row is complete (a team completes it at the barrier
+        // before: one pipeline step later)
+        auto carry_out = [&](int k) {
+            for (int i = m; i < 8; i += team.size())
+                if (const Carried& c = carried[i]; k - lag[c.ready] - in_team >= 0 && k - lag[c.ready] - in_team < h) {
+                    const int y = k - lag[c.ready] - in_team;
+                    std::memcpy(c.side_out + size_t(y) * c.cols * c.ring->lanes,
+                                c.ring->row(y) + (c1 - off[c.step] - c.cols - base) * c.ring->lanes,
+                                size_t(c.cols) * c.ring->lanes * 4);
+                }
+        };
+        const bool carries_in = c0 > 0, carries_out = c1 < w;
         auto image_row = [&](auto* image, int y, int step) {
             return image + (size_t(y) * w + base + lo[step]) * S::c;
         };
         for (int k = 0; k < h + lag[6]; ++k) {
+            if (carries_in) carry_in(k);
             auto active = [&](int step) { return k - lag[step] >= 0 && k - lag[step] < h; };
             // steps 1-3: a distillation step on the input (step 1) or on the previous refined features
             for (int i = 0; i < 3; ++i) {
@@ -785,21 +872,62 @@ struct Block {
                 const NormResidual epi{image_row(x, y, 6), pr.ln_w, pr.ln_b, real, image_row(out, y, 6), n[6] - 1, eps};
                 matmul_row<NC, S::c>(att, S::cp, n[6], pr.c6_w, pr.c6_b, epi);
             }
+            if (carries_out) carry_out(k);
+            if (hand.done) hand.done->store(hand.base + k + 1, std::memory_order_release);
             team.wait();  // the next pipeline step reads what every member wrote in this one
         }
     }
 
     static void run(const float* x, float* out, int n, int h, int w, const float* params, float eps, int threads) {
         const Params pr(S{}, params);
-        // column strips of at most kStrip pixels keep the rings in cache (measured)
-        const int strips = (w + kStrip - 1) / kStrip;
+        if (LKDN_TEAM_COLUMNS && threads > 1 && w >= 64) return columns(pr, x, out, n, h, w, eps, threads);
+        // column strips of at most kStrip pixels keep the rings in cache (measured), and at least 32 (the first
+        // strip's last step computes 12 columns fewer than it has)
+        const int strips = std::max(1, std::min((w + kStrip - 1) / kStrip, w / 32));
+        // the columns strips hand on, for every row (see Carried), kept between calls by the calling thread
+        static thread_local std::vector<float> side;
+        if (strips > 1 && side.size() < side_floats(h)) side.resize(side_floats(h));
+        const Hand hand{side.data(), side.data(), nullptr, nullptr, 0};  // (`side` names each thread's own)
         Team team(team_size(threads, w));
         float* memory = nullptr;
         team.run([&](int m) {
             for (int i = 0; i < n; ++i) {
                 const size_t offset = size_t(i) * h * w * S::c;
                 for (int s = 0; s < strips; ++s)
-                    strip(pr, x + offset, out + offset, h, w, w * s / strips, w * (s + 1) / strips, eps, team, m, memory);
+                    strip(pr, x + offset, out + offset, h, w, w * s / strips, w * (s + 1) / strips, eps, team, m,
+                          memory, hand);
+            }
+        });
+    }
+
+    // LKDN_TEAM_COLUMNS: the members take the image's column strips in turn (strip j: member j % members) and run
+    // each alone, with rings of their own and no barrier but one per image. Strip j takes the columns it reads left
+    // of its own from strip j - 1, run at the same time by another member: it waits for each row's (Hand::ready),
+    // a few pipeline steps behind. Every strip is behind the one before, so a member's next strip writes its carried
+    // rows only after they were read. The result is the same as one thread's.
+    static void columns(const Params& pr, const float* x, float* out, int n, int h, int w, float eps, int threads) {
+        const int size = std::min({threads, w / 32, kProfiledMembers});
+        const int strips = std::min(std::max((w + kStrip - 1) / kStrip, size), w / 32);
+        static thread_local std::vector<float> side;  // each member's strips' carried columns
+        if (side.size() < size * side_floats(h)) side.resize(size * side_floats(h));
+        float* const sides = side.data();  // (`side` names each thread's own)
+        std::vector<std::atomic<long>> done(strips);
+        Team team(size);
+        team.run([&](int m) {
+            const int members = team.size();
+            auto carried = [&](int j) { return sides + (j % members) * side_floats(h); };
+            float* memory = nullptr;
+            Team alone(1);
+            for (int i = 0; i < n; ++i) {
+                const size_t offset = size_t(i) * h * w * S::c;
+                const long base = long(i) * (h + 64);  // more pipeline steps than an image has
+                for (int j = m; j < strips; j += members) {
+                    const Hand hand{j > 0 ? carried(j - 1) : carried(j), carried(j), j > 0 ? &done[j - 1] : nullptr,
+                                    j < strips - 1 ? &done[j] : nullptr, base};
+                    strip(pr, x + offset, out + offset, h, w, w * j / strips, w * (j + 1) / strips, eps, alone, 0,
+                          memory, hand);
+                }
+                team.wait();  // an image's carried columns are read before the next image's are written
             }
         });
     }
