@@ -308,7 +308,8 @@ def test_the_kernels_stay_in_bounds_under_address_sanitizer(tmp_path, threads, u
 @pytest.mark.parametrize("upsampler", [(), WINOGRAD], ids=["direct", "winograd-strips64-columns"])
 def test_the_threads_share_rings_without_a_data_race(tmp_path, upsampler):
     """The same harness under ThreadSanitizer: a team's threads write and read the same rings, ordered only by
-    their barrier (OpenMP's runtime is not instrumented, so the std::thread build is the one checked)."""
+    their barrier, or (team=columns) read the columns another thread's strip hands on, ordered by its count of
+    rows done (OpenMP's runtime is not instrumented, so the std::thread build is the one checked)."""
     run_sanitized(
         "lkdn_cpu_bounds.cpp", native_lkdn.SOURCE, tmp_path, ("-pthread", *upsampler), sanitizers="thread"
     )

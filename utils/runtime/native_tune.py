@@ -3,14 +3,14 @@
 What is fastest differs between CPUs of one instruction set (the product tiles that win on one AVX-512 CPU lose on
 another; a CPU that splits 512-bit operations in two may prefer 8-lane vectors), so the kernels' free choices are
 build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_GELU_TABLE, LKDN_WINOGRAD, LKDN_TEAM_COLUMNS,
-LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, LKDN_CALLER_SHARE, the vector width) and this module tunes them on the machine itself, one
-setting after another from the default build: the setting's alternatives are built (cached like any kernel build),
-checked against the reference module's output (a build that differs by more than ATOL is never chosen) and timed
-against the current choice in interleaved rounds on two input sizes; an alternative replaces the current value if it
-takes at most MARGIN of its time. The choice is kept in `native_tuning.json` beside the compiled kernels, keyed by
-the CPU (model and instruction-set flags), the compiler and kernel source, the thread count and the network's width:
-another CPU, compiler, source or thread count tunes again; an unreadable record is ignored and redone.
-LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force tunes again. `python -m
+LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, LKDN_CALLER_SHARE, the vector width) and this module tunes them on the machine
+itself, one setting after another from the default build: the setting's alternatives are built (cached like any
+kernel build), checked against the reference module's output (a build that differs by more than ATOL is never
+chosen) and timed against the current choice in interleaved rounds on two input sizes; an alternative replaces the
+current value if it takes at most MARGIN of its time. The choice is kept in `native_tuning.json` beside the compiled
+kernels, keyed by the CPU (model and instruction-set flags), the compiler and kernel source, the thread count and
+the network's width: another CPU, compiler, source or thread count tunes again; an unreadable record is ignored and
+redone. LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force tunes again. `python -m
 utils.runtime.native_tune [--threads 1 2] [--force]` tunes now (or shows the kept choice) and says how long it took.
 """
 
