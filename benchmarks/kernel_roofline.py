@@ -148,27 +148,38 @@ def stage_times(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int) 
         }  # fmt: skip
 
 
+def block_ns_per_pixel(
+    model: LKDN,
+    flags: tuple[str, ...],
+    cases: dict[object, tuple[ctypes.CDLL, torch.Tensor, torch.Tensor]],
+    runs: int,
+) -> dict[object, list[float]]:
+    """One block (the first's weights, packed for `flags`) through each case's library from its NHWC input into its
+    output on one thread, in `runs` interleaved rounds after one that warms up: each case's ns per pixel by round."""
+    packed = native.NativeLKDN(model, flags).eval().packed0.data_ptr()
+    eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
+    per_pixel: dict[object, list[float]] = {key: [] for key in cases}
+    for round_ in range(runs + 1):
+        for key, (lib, x, out) in cases.items():
+            n, h, w, c = x.shape
+            start = time.perf_counter()
+            lib.lkdb_forward(x.data_ptr(), out.data_ptr(), n, h, w, c, packed, eps, 1)
+            if round_:
+                per_pixel[key].append((time.perf_counter() - start) * 1e9 / (n * h * w))
+    return per_pixel
+
+
 def width_rows(model: LKDN, flags: tuple[str, ...], widths: list[int], runs: int, h: int = 128) -> list[str]:
     """One block's time per pixel on h-row images of each width, each as one column strip (the build's strip
-    widened past them, so no halo is recomputed): what the rings' growing footprint costs (one row of every ring
-    per pipeline step; wider rows leave L1, then L2). The widths are timed in interleaved rounds, and each is
-    compared with the narrowest in the same round (the median of those ratios), as the machine's speed drifts."""
+    widened past them): what the rings' growing footprint costs (one row of every ring per pipeline step; wider
+    rows leave L1, then L2; the images grow too). The widths are timed in interleaved rounds, and each is compared
+    with the narrowest in the same round (the median of those ratios), as the machine's speed drifts."""
     flags = (*(f for f in flags if not f.startswith("-DLKDN_STRIP=")), f"-DLKDN_STRIP={max(widths)}")
-    runner = native.NativeLKDN(model, flags).eval()
-    lib, c = native.load_kernel(flags), model.num_feat
-    eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
-    g = torch.Generator().manual_seed(0)
-    inputs = {w: torch.rand(1, h, w, c, generator=g) for w in widths}
-    outputs = {w: torch.empty_like(x) for w, x in inputs.items()}
-    per_pixel: dict[int, list[float]] = {w: [] for w in widths}
-    for round_ in range(runs + 1):  # the first round warms up
-        for w in widths:
-            start = time.perf_counter()
-            lib.lkdb_forward(
-                inputs[w].data_ptr(), outputs[w].data_ptr(), 1, h, w, c, runner.packed0.data_ptr(), eps, 1
-            )
-            if round_:
-                per_pixel[w].append((time.perf_counter() - start) * 1e9 / (h * w))
+    lib, g = native.load_kernel(flags), torch.Generator().manual_seed(0)
+    inputs = {w: torch.rand(1, h, w, model.num_feat, generator=g) for w in widths}
+    per_pixel = block_ns_per_pixel(
+        model, flags, {w: (lib, x, torch.empty_like(x)) for w, x in inputs.items()}, runs
+    )
     return [
         f"  LR {h}x{w}: {statistics.median(per_pixel[w]):5.0f} ns per pixel, "
         f"{statistics.median(round_ratios(per_pixel, w, widths[0])):.2f}x LR {h}x{widths[0]}'s"
@@ -191,20 +202,13 @@ def in_place_rows(model: LKDN, flags: tuple[str, ...], h: int, w: int, runs: int
     differences, is what that part costs where it runs, overlapped with the others; what is left with all four
     out is the loads, stores and loops. Each build's max|diff| from the whole block shows that it left its part out.
     """
-    runner = native.NativeLKDN(model, flags).eval()  # the packed weights do not depend on LKDN_SKIP
-    c, packed = model.num_feat, runner.packed0.data_ptr()
-    eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
-    libs = {0: native.load_kernel(flags)}
-    libs.update((bit, native.load_kernel((*flags, f"-DLKDN_SKIP={bit}"))) for bit, _ in LEFT_OUT)
-    x = torch.rand(1, h, w, c, generator=torch.Generator().manual_seed(0))
-    out = {bit: torch.empty_like(x) for bit in libs}
-    per_pixel: dict[int, list[float]] = {bit: [] for bit in libs}
-    for round_ in range(runs + 1):  # the first round warms up
-        for bit, lib in libs.items():
-            start = time.perf_counter()
-            lib.lkdb_forward(x.data_ptr(), out[bit].data_ptr(), 1, h, w, c, packed, eps, 1)
-            if round_:
-                per_pixel[bit].append((time.perf_counter() - start) * 1e9 / (h * w))
+    x = torch.rand(1, h, w, model.num_feat, generator=torch.Generator().manual_seed(0))
+    out = {bit: torch.empty_like(x) for bit in (0, *(bit for bit, _ in LEFT_OUT))}
+    cases = {  # the packed weights do not depend on LKDN_SKIP
+        bit: (native.load_kernel((*flags, f"-DLKDN_SKIP={bit}") if bit else flags), x, out[bit])
+        for bit in out
+    }
+    per_pixel = block_ns_per_pixel(model, flags, cases, runs)
     whole = statistics.median(per_pixel[0])
     lines = [f"  the whole block {whole:34.0f} ns per pixel"]
     for bit, name in LEFT_OUT:
@@ -282,7 +286,7 @@ def main() -> int:
         )
         print("\n".join(in_place_rows(model, flags, h, w, args.runs)))
     if args.widths:
-        print("one block by width, one column strip each (wider rows: larger rings, no halo):")
+        print("one block by width, one column strip each (wider rows: larger rings):")
         print("\n".join(width_rows(model, flags, args.widths, args.runs)))
     return 0
 

@@ -1,6 +1,7 @@
-// The native kernels' parts alone, on one row of 256 pixels that stays in cache (L2 at least), for benchmarks/kernel_roofline.py:
-// each 1x1 conv's product of LKDN-S (42 channels), each depthwise conv, and GELU. The kernel source is included
-// whole, so the parts are the ones the network runs, built with the same settings (-D flags).
+// The native kernels' parts alone, on one row of 256 pixels that stays in cache (L2 at least), for
+// benchmarks/kernel_roofline.py: each 1x1 conv's product of LKDN-S (42 channels), each depthwise conv, and GELU.
+// The kernel source is included whole, so the parts are the ones the network runs, built with the same settings
+// (-D flags).
 
 #include "lkdn_cpu.cpp"
 

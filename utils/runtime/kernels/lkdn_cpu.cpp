@@ -455,6 +455,21 @@ constexpr int kProfiledMembers = 64;
 std::atomic<long> g_wait_ns[kProfiledMembers];
 thread_local int t_member = 0;  // the calling thread's member number in the team it runs in
 
+// Returns once done() holds, spinning (what other threads do takes microseconds, too short to sleep) and yielding
+// the core when it is late (a busy machine may have descheduled the thread it waits for).
+template <class Done>
+inline void spin_until(Done done) {
+    for (int spins = 0; !done(); ++spins) {
+        if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            std::this_thread::yield();
+        }
+    }
+}
+
 // Threads that work on one image together: `run` starts them, `wait` is the barrier between pipeline steps.
 class Team {
   public:
@@ -531,12 +546,7 @@ class Team {
             generation_.fetch_add(1, std::memory_order_release);
             return;
         }
-        for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-            if (spins < 4000)
-                pause();
-            else
-                std::this_thread::yield();
-        }
+        spin_until([&] { return generation_.load(std::memory_order_acquire) != generation; });
     }
 
     // The first column of member m's share of n columns.
@@ -545,26 +555,13 @@ class Team {
         const int64_t total = 100 * int64_t(size_ - 1) + LKDN_CALLER_SHARE;  // member 0 weighs LKDN_CALLER_SHARE
         return int((int64_t(n) * (LKDN_CALLER_SHARE + 100 * int64_t(m - 1))) / total);
     }
-    static void pause() {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
     int size_;
     std::atomic<int> arrived_{0}, generation_{0};
 };
 
-// Returns once `counter` reaches `value` (another thread's progress): spinning, and yielding the core when it is late.
+// Returns once `counter` reaches `value` (another thread's progress).
 inline void wait_until(const std::atomic<long>& counter, long value) {
-    for (int spins = 0; counter.load(std::memory_order_acquire) < value; ++spins) {
-        if (spins < 4000) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        } else {
-            std::this_thread::yield();
-        }
-    }
+    spin_until([&] { return counter.load(std::memory_order_acquire) >= value; });
 }
 
 // Threads for an image w columns wide: each takes at least 16 columns of every row (fewer are not worth a barrier).
@@ -801,24 +798,27 @@ struct Block {
         // The members take the rings in turn. A ring's row is copied into when pipeline step k starts it (columns
         // no member computes, read in a later pipeline step, or later in this one by one thread) ...
         auto carry_in = [&](int k) {
-            for (int i = m; i < 8; i += team.size())
-                if (const Carried& c = carried[i]; k - lag[c.step] >= 0 && k - lag[c.step] < h) {
-                    const int y = k - lag[c.step];
-                    if (hand.ready) wait_until(*hand.ready, hand.base + y + lag[c.ready] + 1);
-                    std::memcpy(c.ring->row(y) + (c0 - off[c.step] - c.cols - base) * c.ring->lanes,
-                                c.side_in + size_t(y) * c.cols * c.ring->lanes, size_t(c.cols) * c.ring->lanes * 4);
-                }
+            for (int i = m; i < 8; i += team.size()) {
+                const Carried& c = carried[i];
+                const int y = k - lag[c.step];
+                if (y < 0 || y >= h) continue;
+                if (hand.ready) wait_until(*hand.ready, hand.base + y + lag[c.ready] + 1);
+                const size_t n = size_t(c.cols) * c.ring->lanes;
+                std::memcpy(c.ring->row(y) + (c0 - off[c.step] - c.cols - base) * c.ring->lanes, c.side_in + y * n,
+                            n * sizeof(float));
+            }
         };
         // ... and out of when pipeline step k ends, once the row is complete (a team completes it at the barrier
         // before: one pipeline step later)
         auto carry_out = [&](int k) {
-            for (int i = m; i < 8; i += team.size())
-                if (const Carried& c = carried[i]; k - lag[c.ready] - in_team >= 0 && k - lag[c.ready] - in_team < h) {
-                    const int y = k - lag[c.ready] - in_team;
-                    std::memcpy(c.side_out + size_t(y) * c.cols * c.ring->lanes,
-                                c.ring->row(y) + (c1 - off[c.step] - c.cols - base) * c.ring->lanes,
-                                size_t(c.cols) * c.ring->lanes * 4);
-                }
+            for (int i = m; i < 8; i += team.size()) {
+                const Carried& c = carried[i];
+                const int y = k - lag[c.ready] - in_team;
+                if (y < 0 || y >= h) continue;
+                const size_t n = size_t(c.cols) * c.ring->lanes;
+                std::memcpy(c.side_out + y * n, c.ring->row(y) + (c1 - off[c.step] - c.cols - base) * c.ring->lanes,
+                            n * sizeof(float));
+            }
         };
         const bool carries_in = c0 > 0, carries_out = c1 < w;
         auto image_row = [&](auto* image, int y, int step) {
@@ -915,14 +915,14 @@ struct Block {
         Team team(size);
         team.run([&](int m) {
             const int members = team.size();
-            auto carried = [&](int j) { return sides + (j % members) * side_floats(h); };
+            auto side_of = [&](int j) { return sides + (j % members) * side_floats(h); };  // strip j's side_out
             float* memory = nullptr;
             Team alone(1);
             for (int i = 0; i < n; ++i) {
                 const size_t offset = size_t(i) * h * w * S::c;
                 const long base = long(i) * (h + 64);  // more pipeline steps than an image has
                 for (int j = m; j < strips; j += members) {
-                    const Hand hand{j > 0 ? carried(j - 1) : carried(j), carried(j), j > 0 ? &done[j - 1] : nullptr,
+                    const Hand hand{side_of(j > 0 ? j - 1 : j), side_of(j), j > 0 ? &done[j - 1] : nullptr,
                                     j < strips - 1 ? &done[j] : nullptr, base};
                     strip(pr, x + offset, out + offset, h, w, w * j / strips, w * (j + 1) / strips, eps, alone, 0,
                           memory, hand);
