@@ -91,8 +91,10 @@ def test_the_roofline_prints_each_stage_against_the_fma_peak(tmp_path):
     widths = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  LR 128x")]
     assert widths == ["128x16:", "128x24:"]
     assert "1.00x LR 128x16's" in done.stdout  # each width against the narrowest
+    # the whole block ran on the block's own weights: its output is PyTorch's
+    whole, *left_out = [line for line in done.stdout.splitlines() if "max|diff|" in line]
+    assert whole.strip().startswith("the whole block") and float(whole.split()[-1]) < 1e-4
     # each LKDN_SKIP build left its part out: its block's output is not the whole block's
-    left_out = [line for line in done.stdout.splitlines() if "max|diff|" in line]
     parts = ("the products'", "the depthwise convs'", "GELU", "LayerNorm's statistics", "all four left out")
     assert [line.strip()[: len(p)] for line, p in zip(left_out, parts, strict=True)] == list(parts)
     assert all(float(line.split()[-1]) > 1e-3 for line in left_out)
