@@ -154,7 +154,7 @@ def test_a_choice_is_kept_beside_the_kernels_and_used_without_tuning_again(recor
     assert calls == [1, 2] and len(json.loads(path.read_text())) == 2
 
 
-def test_another_cpu_or_kernel_source_tunes_again(records, model, monkeypatch):
+def test_another_cpu_kernel_source_or_tuning_method_tunes_again(records, model, monkeypatch):
     path, calls, tuner = records
     tune.chosen_build(model, 1, tuner)
     monkeypatch.setattr(tune, "cpu_description", lambda: "Another CPU (x86_64, AVX2)")
@@ -163,6 +163,10 @@ def test_another_cpu_or_kernel_source_tunes_again(records, model, monkeypatch):
     monkeypatch.setattr(tune.build, "cpu_key", lambda: "flags : fpu sse2")
     tune.chosen_build(model, 1, tuner)
     assert len(calls) == 3 and len(json.loads(path.read_text())) == 3
+    monkeypatch.setattr(tune, "SIZES", ((64, 64), (96, 320)))  # a choice measured another way
+    tune.chosen_build(model, 1, tuner)
+    tune.chosen_build(model, 1, tuner)
+    assert len(calls) == 4 and len(json.loads(path.read_text())) == 4
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,9 @@ SKIP = ("0", "off", "no", "false")  # values of ENV that skip tuning
 RECORD = "native_tuning.json"
 ATOL = 2e-5  # the native kernels' bound on the difference from the reference module (float32)
 MARGIN = 0.98  # a candidate replaces the default build only if it takes at most this share of its time
-SIZES = ((64, 64), (96, 320))  # LR sizes timed: a small image, and one wide enough for column strips
+# LR sizes timed: a small image, and one as wide as the default strip, where the strips' rings are at their widest
+# (96x320, cut into two strips of 160, ranked the strips unlike 256x256 and 339x510: docs/speed.md)
+SIZES = ((64, 64), (96, 256))
 ROUNDS = 8
 
 
@@ -127,13 +129,15 @@ def settings(threads: int) -> list[Setting]:
 
 
 def fingerprint() -> str:
-    """What a choice depends on besides the thread count and width: the CPU, the compiler, the kernel source."""
+    """What a choice depends on besides the thread count and width: the CPU, the compiler, the kernel source, and
+    how the tuner measures (sizes, rounds, margin)."""
     sources = [SOURCE, *sorted(build.INCLUDE.glob("*.h"))]
     parts = [
         cpu_description(),
         build.cpu_key(),
         build.find_compiler() or "",
         *(p.read_text() for p in sources),
+        repr((SIZES, ROUNDS, MARGIN)),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
