@@ -156,9 +156,8 @@ def block_ns_per_pixel(
 ) -> dict[object, list[float]]:
     """One block (the first's weights, packed for `flags`) through each case's library from its NHWC input into its
     output on one thread, in `runs` interleaved rounds after one that warms up: each case's ns per pixel by round."""
-    packed = (
-        native.NativeLKDN(model, flags).eval().packed0
-    )  # held: the kernels read it through a bare pointer
+    # held here: the kernels read it through a bare pointer, and the module owning it is not kept
+    packed = native.NativeLKDN(model, flags).eval().packed0
     eps = ctypes.c_float(model.blocks[0].pixel_norm.eps)
     per_pixel: dict[object, list[float]] = {key: [] for key in cases}
     for round_ in range(runs + 1):

@@ -46,7 +46,7 @@ RECORD = "native_tuning.json"
 ATOL = 2e-5  # the native kernels' bound on the difference from the reference module (float32)
 MARGIN = 0.98  # a candidate replaces the default build only if it takes at most this share of its time
 # LR sizes timed: a small image, and one as wide as the default strip, where the strips' rings are at their widest
-# (96x320, cut into two strips of 160, ranked the strips unlike 256x256 and 339x510: docs/speed.md)
+# (96x320, cut into two strips of 160, ranked the strip widths unlike 256x256: docs/speed.md)
 SIZES = ((64, 64), (96, 256))
 ROUNDS = 8
 
