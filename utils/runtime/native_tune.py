@@ -8,9 +8,9 @@ itself, one setting after another from the default build: the setting's alternat
 kernel build), checked against the reference module's output (a build that differs by more than ATOL is never
 chosen) and timed against the current choice in interleaved rounds on two input sizes; an alternative replaces the
 current value if it takes at most MARGIN of its time. The choice is kept in `native_tuning.json` beside the compiled
-kernels, keyed by the CPU (model and instruction-set flags), the compiler and kernel source, the thread count and
-the network's width: another CPU, compiler, source or thread count tunes again; an unreadable record is ignored and
-redone. LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force tunes again. `python -m
+kernels, keyed by the CPU (model and instruction-set flags), the compiler and kernel source, how the tuner measures
+(SIZES, ROUNDS, MARGIN), the thread count and the network's width: another CPU, compiler, source, way of tuning or
+thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force tunes again. `python -m
 utils.runtime.native_tune [--threads 1 2] [--force]` tunes now (or shows the kept choice) and says how long it took.
 """
 

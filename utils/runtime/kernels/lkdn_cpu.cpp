@@ -744,12 +744,14 @@ struct Block {
     // difference left of its own columns (2 for a 3x3 conv's input, 4 and 12 for the 5x5 ones'); step 7 reads u
     // and step 5 the distilled features at their own columns (8 and 4 left of those who wrote them)
     static constexpr int kCarriedColumns[8] = {2, 2, 2, 2, 4, 4, 8, 12};
-    static constexpr size_t side_floats(int h) {  // a strip's side_out: what every row hands on
+    // where carried ring i's columns start in a strip's side buffer (all rows of ring 0, then of ring 1, ...)
+    static constexpr size_t side_offset(int i, int h) {
         constexpr int lanes[8] = {S::cp, S::cp, S::cp, S::dp, S::dist, S::cp, S::cp, S::cp};
         size_t row = 0;
-        for (int i = 0; i < 8; ++i) row += size_t(kCarriedColumns[i]) * lanes[i];
+        for (int j = 0; j < i; ++j) row += size_t(kCarriedColumns[j]) * lanes[j];
         return size_t(h) * row;
     }
+    static constexpr size_t side_floats(int h) { return side_offset(8, h); }  // what every row of a strip hands on
 
     // Member `m` of `team` runs its share of the block over the strip of columns [c0, c1) of one h x w image (all
     // rows). The rings live in member 0's `ring_memory`, shared by the team through `memory`. A step reads a few
@@ -793,8 +795,10 @@ struct Block {
         Ring* const carried_rings[8] = {&t[0], &t[1], &t[2], &t4, &dist, &a0, &u, &a1};
         static constexpr int steps[8] = {0, 1, 2, 3, 0, 4, 4, 5}, ready[8] = {0, 1, 2, 3, 4, 4, 4, 5};
         Carried carried[8];
-        for (size_t i = 0, at = 0; i < 8; at += size_t(h) * kCarriedColumns[i] * carried_rings[i]->lanes, ++i)
+        for (int i = 0; i < 8; ++i) {
+            const size_t at = side_offset(i, h);
             carried[i] = {carried_rings[i], steps[i], ready[i], kCarriedColumns[i], hand.in + at, hand.out + at};
+        }
         // The members take the rings in turn. A ring's row is copied into when pipeline step k starts it (columns
         // no member computes, read in a later pipeline step, or later in this one by one thread) ...
         auto carry_in = [&](int k) {
@@ -878,12 +882,14 @@ struct Block {
         }
     }
 
+    // Column strips of at most kStrip pixels keep the rings in cache (measured), and at least 32 (the first strip's
+    // last step computes 12 columns fewer than it has); at least `least` of them where w allows (least <= w / 32).
+    static int strip_count(int w, int least) { return std::max(least, std::min((w + kStrip - 1) / kStrip, w / 32)); }
+
     static void run(const float* x, float* out, int n, int h, int w, const float* params, float eps, int threads) {
         const Params pr(S{}, params);
         if (LKDN_TEAM_COLUMNS && threads > 1 && w >= 64) return columns(pr, x, out, n, h, w, eps, threads);
-        // column strips of at most kStrip pixels keep the rings in cache (measured), and at least 32 (the first
-        // strip's last step computes 12 columns fewer than it has)
-        const int strips = std::max(1, std::min((w + kStrip - 1) / kStrip, w / 32));
+        const int strips = strip_count(w, 1);
         // the columns strips hand on, for every row (see Carried), kept between calls by the calling thread
         static thread_local std::vector<float> side;
         if (strips > 1 && side.size() < side_floats(h)) side.resize(side_floats(h));
@@ -907,7 +913,7 @@ struct Block {
     // rows only after they were read. The result is the same as one thread's.
     static void columns(const Params& pr, const float* x, float* out, int n, int h, int w, float eps, int threads) {
         const int size = std::min({threads, w / 32, kProfiledMembers});
-        const int strips = std::min(std::max((w + kStrip - 1) / kStrip, size), w / 32);
+        const int strips = strip_count(w, size);
         static thread_local std::vector<float> side;  // each member's strips' carried columns
         if (side.size() < size * side_floats(h)) side.resize(size * side_floats(h));
         float* const sides = side.data();  // (`side` names each thread's own)
