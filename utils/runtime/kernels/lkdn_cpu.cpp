@@ -275,6 +275,8 @@ struct Params {
     }
 };
 
+constexpr int kLineFloats = 16;  // floats in a cache line (64 bytes)
+
 // Inputs of a matrix product: pixel p's CIN channels are at base + p * stride, and their weights at w
 // (CIN x NV vectors). A product may sum several (the taps of a 3x3 conv, the inputs of a concatenation).
 struct Source {
@@ -301,8 +303,12 @@ inline void opaque(T*& p) {
 }
 
 // Vectors [V0, V0 + VT) of pixels p0.. p0 + P - 1 through a 1x1 conv (see matmul_pixels) into res: each output
-// is summed in the same order whatever the tile, so results do not depend on P or VT.
-template <int NV, int CIN, int P, int COUNT, int V0, int VT>
+// is summed in the same order whatever the tile, so results do not depend on P or VT. PREFETCH: the first vectors'
+// pass also fetches the next P pixels' inputs, which may come from L3 or memory, a cache line per input channel, so
+// that the fetches overlap the FMAs. Issued in one burst before the tile (16-105 lines: the tail's c1 reads five
+// images), they stalled once the core's line fill buffers were taken: the network took 1.02x-1.04x the time (one
+// and two threads, LR 80x120 to 339x510, 2-core Intel Xeon; docs/speed.md).
+template <int NV, int CIN, int P, int COUNT, int V0, int VT, bool PREFETCH = false>
 inline void matmul_tile(const Source* sources, int count, int p0, const float* bias, vf (&res)[P][NV]) {
     vf acc[P][VT];
     for (int v = 0; v < VT; ++v) {
@@ -312,7 +318,11 @@ inline void matmul_tile(const Source* sources, int count, int p0, const float* b
     for (int s = 0; s < ((kSkip & 1) != 0 ? 0 : COUNT > 0 ? COUNT : count); ++s) {
         const Source src = sources[s];
         const float* in = src.base + size_t(p0) * src.stride;
+        const float* next = in + size_t(P) * src.stride;
+        const int lines = PREFETCH && V0 == 0 ? (P * src.stride + kLineFloats - 1) / kLineFloats : 0;
+        for (int i = CIN; i < lines; ++i) __builtin_prefetch(next + i * kLineFloats);  // more lines than channels
         for (int i = 0; i < CIN; ++i) {
+            if (i < lines) __builtin_prefetch(next + i * kLineFloats);
             vf wv[VT];
             for (int v = 0; v < VT; ++v) {
                 wv[v] = load(src.w + (size_t(i) * NV + V0 + v) * kLanes);
@@ -339,27 +349,22 @@ constexpr int kTileVectors = kWideTiles ? NV : NV % 2 == 0 || NV == 1 ? std::min
 template <int NV>
 constexpr int kTilePixels = kWideTiles ? std::max(1, std::min(LKDN_WIDE_PIXELS, kRegisters / NV)) : std::max(1, kRegisters / kTileVectors<NV>);
 
-template <int NV, int CIN, int P, int COUNT, int V0 = 0>
+template <int NV, int CIN, int P, int COUNT, bool PREFETCH = false, int V0 = 0>
 inline void matmul_tiles(const Source* sources, int count, int p0, const float* bias, vf (&res)[P][NV]) {
     if constexpr (V0 < NV) {
         constexpr int VT = std::min(kTileVectors<NV>, NV - V0);
-        matmul_tile<NV, CIN, P, COUNT, V0, VT>(sources, count, p0, bias, res);
-        matmul_tiles<NV, CIN, P, COUNT, V0 + VT>(sources, count, p0, bias, res);
+        matmul_tile<NV, CIN, P, COUNT, V0, VT, PREFETCH>(sources, count, p0, bias, res);
+        matmul_tiles<NV, CIN, P, COUNT, PREFETCH, V0 + VT>(sources, count, p0, bias, res);
     }
 }
 
 // Pixels p0.. p0 + P - 1 through a 1x1 conv with NV vectors of outputs (bias optional), summed over
-// `count` sources; each pixel's result goes to epi(pixel, vf[NV]). COUNT > 0 fixes the number of sources at
-// compile time (the common single-source case is measurably faster so).
+// `count` sources; each pixel's result goes to epi(pixel, vf[NV]); the next pixels' inputs are fetched meanwhile.
+// COUNT > 0 fixes the number of sources at compile time (the common single-source case is measurably faster so).
 template <int NV, int CIN, int P, int COUNT, class Epi>
 inline void matmul_pixels(const Source* sources, int count, int p0, const float* bias, Epi& epi) {
-    for (int s = 0; s < (COUNT > 0 ? COUNT : count); ++s) {
-        // the next pixels' inputs, which may come from memory: one cache line of 16 floats at a time
-        const float* in = sources[s].base + size_t(p0) * sources[s].stride;
-        for (int f = P * sources[s].stride; f < 2 * P * sources[s].stride; f += 16) __builtin_prefetch(in + f);
-    }
     vf res[P][NV];
-    matmul_tiles<NV, CIN, P, COUNT>(sources, count, p0, bias, res);
+    matmul_tiles<NV, CIN, P, COUNT, true>(sources, count, p0, bias, res);
     for (int p = 0; p < P; ++p) epi(p0 + p, res[p]);
 }
 
@@ -392,11 +397,9 @@ void matmul_row(const float* in, int stride, int n, const float* w, const float*
 }
 
 constexpr int kPadX = 6;  // zero columns left and right of every ring row: the dilated 5x5's reach
-// Floats in a cache line (64 bytes). Rings start on a cache line, and their rows of whole vectors are whole lines
-// then (AVX-512): a vector that straddles two lines costs two loads, and the depthwise convs, which load every
-// input vector, ran 1.1x-1.9x slower on rings 16 bytes off a line, where std::vector placed them
-// (benchmarks/kernel_roofline.py --ring_offset 4).
-constexpr int kLineFloats = 16;
+// Rings start on a cache line, and their rows of whole vectors are whole lines then (AVX-512): a vector that
+// straddles two lines costs two loads, and the depthwise convs, which load every input vector, ran 1.1x-1.9x
+// slower on rings 16 bytes off a line, where std::vector placed them (benchmarks/kernel_roofline.py --ring_offset 4).
 
 // The first place from p on that starts a cache line (at most kLineFloats - 1 floats on).
 inline float* on_line(float* p) {
