@@ -3,6 +3,7 @@ record and when it tunes again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -75,6 +76,7 @@ class FakeTimer:
 
     def __init__(self, relative, broken=()):
         self.relative, self.broken = relative, set(broken)
+        self.timed = []  # every build compared, in order
 
     def prepare(self, builds):
         pass
@@ -83,6 +85,7 @@ class FakeTimer:
         return "differs from the reference by 1.00e-01" if flags in self.broken else None
 
     def compare(self, current, others):
+        self.timed.extend(others)
         return [self.relative.get(o, 1.0) / self.relative.get(current, 1.0) for o in others]
 
 
@@ -92,20 +95,55 @@ def _timer(relative, broken=()):
 
 
 WIDE = tune.flags_of({"tiles": "wide"})
-WIDE_512 = tune.flags_of({"tiles": "wide", "strip": "512"})
+WIDE_128 = tune.flags_of({"tiles": "wide", "strip": "128"})
 
 
 def test_settings_are_tuned_one_after_another_and_only_a_clear_gain_counts(monkeypatch):
     monkeypatch.setattr(
         tune, "settings", lambda threads: [tune.BY_SETTING["tiles"], tune.BY_SETTING["strip"]]
     )
-    relative = {WIDE: 0.9, WIDE_512: 0.9 * 0.99, tune.flags_of({"tiles": "wide", "strip": "128"}): 0.95}
+    relative = {WIDE: 0.9, WIDE_128: 0.9 * 0.99, tune.flags_of({"tiles": "wide", "strip": "64"}): 0.95}
     choice, lines = tune.tune(None, say=lambda line: None, timer=_timer(relative))
-    assert choice == {"tiles": "wide"}  # strip=512: 1% faster, under the 2% margin
+    assert choice == {"tiles": "wide"}  # strip=128: 1% faster, under the 2% margin
     assert lines[0].endswith("-> wide") and lines[1].endswith("-> 256")
-    relative[WIDE_512] = 0.9 * 0.97
+    relative[WIDE_128] = 0.9 * 0.97
     choice, _ = tune.tune(None, say=lambda line: None, timer=_timer(relative))
-    assert choice == {"tiles": "wide", "strip": "512"}
+    assert choice == {"tiles": "wide", "strip": "128"}
+
+
+def test_an_alternative_the_tuned_sizes_cannot_tell_apart_is_never_timed(monkeypatch):
+    """Strips of 512 are the same build as 256 on images no wider than 256: only noise could choose them."""
+    assert max(w for _, w in tune.SIZES) <= 256
+    monkeypatch.setattr(tune, "settings", lambda threads: [tune.BY_SETTING["strip"]])
+    fake = FakeTimer({tune.flags_of({"strip": "512"}): 0.5})
+    choice, lines = tune.tune(None, say=lambda line: None, timer=lambda model: fake)
+    assert choice == {} and "512" not in lines[0]
+    assert fake.timed == [tune.flags_of({"strip": value}) for value in ("64", "128")]
+    assert tune.parse_choice("strip=512") == {"strip": "512"}  # still a build one may ask for
+
+
+@pytest.mark.parametrize(
+    ("first", "confirmed"),
+    [
+        ([0.90, 1.10], False),  # a clear gain
+        ([1.00, 1.05], False),  # no gain
+        ([0.97, 1.02], True),  # a close call: more rounds decide
+    ],
+)
+def test_close_calls_are_timed_again_and_decided_on_every_round(first, confirmed):
+    calls = []
+
+    def measure(rounds):  # each alternative's ratio the same in every round: the first, then 0.99 and 1.03
+        calls.append(rounds)
+        later = len(calls) > 1
+        return [[(0.99 if later else first[0])] * rounds, [(1.03 if later else first[1])] * rounds]
+
+    medians = tune.settled(measure)
+    assert calls == ([tune.ROUNDS, tune.CONFIRM] if confirmed else [tune.ROUNDS])
+    if confirmed:  # the median over all rounds: the confirming rounds outnumber the first
+        assert medians == [0.99, 1.03] and tune.CONFIRM > tune.ROUNDS
+    else:
+        assert medians == first
 
 
 def test_a_setting_that_needs_another_choice_is_skipped_without_it(monkeypatch):
@@ -167,6 +205,10 @@ def test_another_cpu_kernel_source_or_tuning_method_tunes_again(records, model, 
     tune.chosen_build(model, 1, tuner)
     tune.chosen_build(model, 1, tuner)
     assert len(calls) == 4 and len(json.loads(path.read_text())) == 4
+    strip = dataclasses.replace(tune.BY_SETTING["strip"], untimed=())  # or among other candidates
+    monkeypatch.setattr(tune, "SETTINGS", tuple(strip if s.name == "strip" else s for s in tune.SETTINGS))
+    tune.chosen_build(model, 1, tuner)
+    assert len(calls) == 5
 
 
 @pytest.mark.parametrize(

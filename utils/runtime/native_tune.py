@@ -6,10 +6,11 @@ build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_GELU_TABLE, LKDN_
 LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, LKDN_CALLER_SHARE, the vector width) and this module tunes them on the machine
 itself, one setting after another from the default build: the setting's alternatives are built (cached like any
 kernel build), checked against the reference module's output (a build that differs by more than ATOL is never
-chosen) and timed against the current choice in interleaved rounds on two input sizes; an alternative replaces the
-current value if it takes at most MARGIN of its time. The choice is kept in `native_tuning.json` beside the compiled
+chosen) and timed against the current choice in interleaved rounds on two input sizes (ROUNDS, and CONFIRM more where
+the best alternative is a close call); an alternative replaces the current value if it takes at most MARGIN of its
+time. The choice is kept in `native_tuning.json` beside the compiled
 kernels, keyed by the CPU (model and instruction-set flags), the compiler and kernel source, how the tuner measures
-(SIZES, ROUNDS, MARGIN), the thread count and the network's width: another CPU, compiler, source, way of tuning or
+(its candidates, SIZES, ROUNDS, CONFIRM, CLEAR, MARGIN), the thread count and the network's width: another CPU, compiler, source, way of tuning or
 thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force tunes again. `python -m
 utils.runtime.native_tune [--threads 1 2] [--force]` tunes now (or shows the kept choice) and says how long it took.
 """
@@ -48,7 +49,11 @@ MARGIN = 0.98  # a candidate replaces the default build only if it takes at most
 # LR sizes timed: a small image, and one as wide as the default strip, where the strips' rings are at their widest
 # (96x320, cut into two strips of 160, ranked the strip widths unlike 256x256: docs/speed.md)
 SIZES = ((64, 64), (96, 256))
-ROUNDS = 8
+# Rounds of timing, and more where the best alternative took between CLEAR and 1 of the current build's time: on a
+# shared machine the median ratio of two identical builds over 8 rounds spread by 0.02 (standard deviation; 0.94-1.03
+# in 12 trials), as much as the gains to tell apart (the Winograd upsampler: 0.97), and a no-op then passed MARGIN
+# one time in five; over 24 rounds the spread about halves (2-core Intel Xeon, docs/speed.md).
+ROUNDS, CONFIRM, CLEAR = 8, 16, 0.95
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class Setting:
     needs: str | None = None  # the instruction set on which the alternatives differ from the default, if one
     min_threads: int = 1  # fewer threads than this: the alternatives change nothing
     when: tuple[tuple[str, str], ...] = ()  # tuned only where the choice so far has these values
+    untimed: tuple[str, ...] = ()  # alternatives one may build (benchmarks, tests) but the tuner never times
+
+    def timed(self) -> list[str]:
+        return [value for value in self.alternatives if value not in self.untimed]
 
 
 # In the order they are tuned (each with the choices before it fixed): the largest effects first.
@@ -76,6 +85,7 @@ SETTINGS = (
         "strip",
         "256",
         {"64": ("-DLKDN_STRIP=64",), "128": ("-DLKDN_STRIP=128",), "512": ("-DLKDN_STRIP=512",)},
+        untimed=("512",),  # on SIZES, no wider than 256, the same build as 256: only noise could choose it
     ),
     Setting("depthwise", "full", {"half": ("-DLKDN_DEPTHWISE_PIXELS=kDefaultDepthwisePixels/2",)}),
     Setting(
@@ -137,7 +147,8 @@ def fingerprint() -> str:
         build.cpu_key(),
         build.find_compiler() or "",
         *(p.read_text() for p in sources),
-        repr((SIZES, ROUNDS, MARGIN)),
+        repr([(s.name, s.default, s.timed()) for s in SETTINGS]),
+        repr((SIZES, ROUNDS, CONFIRM, CLEAR, MARGIN)),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -219,12 +230,18 @@ class Timer:
         return None
 
     def compare(self, current: tuple[str, ...], others: list[tuple[str, ...]]) -> list[float]:
-        """Each of `others`' time relative to `current`'s: the median over rounds of the ratio of their times in
-        one round (the order rotating), so that a busy machine's drift between rounds cancels."""
+        """Each of `others`' time relative to `current`'s (see `settled`)."""
+        return settled(lambda rounds: self.rounds(current, others, rounds))
+
+    def rounds(
+        self, current: tuple[str, ...], others: list[tuple[str, ...]], count: int
+    ) -> list[list[float]]:
+        """For each of `others`, the ratio of its time to `current`'s in each of `count` rounds (the order
+        rotating), so that a busy machine's drift between rounds cancels."""
         builds = [current, *others]
         ratios: list[list[float]] = [[] for _ in others]
         with torch.inference_mode():
-            for round_ in range(ROUNDS):
+            for round_ in range(count):
                 spent = [0.0] * len(builds)
                 for k in range(len(builds)):
                     i = (k + round_) % len(builds)
@@ -234,7 +251,18 @@ class Timer:
                         spent[i] += time.perf_counter() - start
                 for j in range(len(others)):
                     ratios[j].append(spent[j + 1] / spent[0])
-        return [statistics.median(r) for r in ratios]
+        return ratios
+
+
+def settled(measure: Callable[[int], list[list[float]]]) -> list[float]:
+    """The median per-round time ratio of each alternative to the current build, from `measure(n)` (n rounds of
+    ratios per alternative): ROUNDS rounds, and CONFIRM more for all of them where the best is a close call
+    (between CLEAR and 1), so that noise decides fewer choices."""
+    ratios = measure(ROUNDS)
+    if CLEAR < min(statistics.median(r) for r in ratios) < 1:
+        for kept, more in zip(ratios, measure(CONFIRM), strict=True):
+            kept.extend(more)
+    return [statistics.median(r) for r in ratios]
 
 
 def tune(
@@ -253,8 +281,8 @@ def tune(
         if any(choice.get(name, BY_SETTING[name].default) != value for name, value in setting.when):
             continue
         values, builds, notes = [], [], []
-        time_.prepare([flags_of({**choice, setting.name: value}) for value in setting.alternatives])
-        for value in setting.alternatives:
+        time_.prepare([flags_of({**choice, setting.name: value}) for value in setting.timed()])
+        for value in setting.timed():
             flags = flags_of({**choice, setting.name: value})
             reason = time_.usable(flags)
             if reason is None:
@@ -282,8 +310,8 @@ def chosen_build(
     tuner: Callable[..., tuple[Choice, list[str]]] | None = None,
     mode: str | None = None,
 ) -> Choice:
-    """The kernel build for `model` at `threads` (default: torch's): the kept choice, or one tuned now (about
-    10 s, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0. `mode` overrides that
+    """The kernel build for `model` at `threads` (default: torch's): the kept choice, or one tuned now
+    (10-20 s, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0. `mode` overrides that
     variable ("": tune if no choice is kept, "force", "0")."""
     mode = (os.environ.get(ENV, "") if mode is None else mode).strip().lower()
     if mode in SKIP:
@@ -296,7 +324,7 @@ def chosen_build(
         return record["choice"]
     plural = "s" if threads > 1 else ""
     _say(
-        f"tuning for {cpu_description()}, {threads} thread{plural} (once: about 10 s, and about 30 s of compiling "
+        f"tuning for {cpu_description()}, {threads} thread{plural} (once: 10-20 s, and about 30 s of compiling "
         f"the first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
     )
     previous = torch.get_num_threads()
