@@ -5,7 +5,9 @@ kernel includes into a scratch folder, imports that copy of the module under a n
 built and cached like today's, keyed by its own source) and returns a runner for a fused model. Its
 `utils.runtime.fast` (which native.py builds on) is that commit's too; the copies keep importing today's
 `models` and `utils.native.build`, so a revision works when those still offer what it used; a revision that
-does not is reported as unavailable, not guessed at.
+does not is reported as unavailable, not guessed at. With build flags (a revision that has kernel build settings,
+utils/runtime/native_tune.py's), that commit's kernel is built with them: a kernel change timed against the one
+before with the same settings.
 """
 
 from __future__ import annotations
@@ -53,8 +55,11 @@ def _import(name: str, path: Path):
     return module
 
 
-def load_native(rev: str, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A runner of `model` (fused) by revision `rev`'s native backend; raises BaselineUnavailable."""
+def load_native(
+    rev: str, model: torch.nn.Module, flags: tuple[str, ...] = ()
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A runner of `model` (fused) by revision `rev`'s native backend, its kernel built with `flags` (none: that
+    revision's default build); raises BaselineUnavailable."""
     folder = Path(tempfile.mkdtemp(prefix=f"lkdn-native-{rev}-"))
     for path, target in FILES.items():
         (folder / target).parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +77,7 @@ def load_native(rev: str, model: torch.nn.Module) -> Callable[[torch.Tensor], to
                 del sys.modules["utils.runtime.fast"]
             else:
                 sys.modules["utils.runtime.fast"] = today
-        net = module.NativeLKDN(model).eval()
+        net = (module.NativeLKDN(model, flags) if flags else module.NativeLKDN(model)).eval()
     except Exception as err:  # an old module against today's packages, or its kernel failing to build
         raise BaselineUnavailable(f"native at {rev}: {type(err).__name__}: {err}") from None
 

@@ -9,7 +9,7 @@ DIV2K-valid-sized ../shared/data/div2k_sample/0853x4.png), every path is warmed 
 rounds (the order rotates each round), so load from other processes hits all of them alike. Printed per path:
 median wall time; its speed relative to the reference (the straightforward fused module) and to the `native`
 backend of each `--baseline` revision (that commit's kernel and Python module, built and run in this process:
-benchmarks/baseline.py), each the median over rounds of the other path's time divided by this path's in the
+benchmarks/baseline.py; `REV:BUILD`, its kernel built with that build's settings), each the median over rounds of the other path's time divided by this path's in the
 same round, so that a shared machine's speed drifting between rounds cancels, with the quartiles of those
 per-round ratios against the reference; and the max abs difference from the reference output. Paths: reference,
 native (the kernel build utils/runtime/native_tune.py chose for this CPU and thread count, tuned first if it has
@@ -242,6 +242,13 @@ def _choice(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _baseline(text: str) -> str:
+    _choice(
+        text.partition(":")[2]
+    )  # a build that names no setting's value: an error now, not after the timing
+    return text
+
+
 def build_runners(
     model: torch.nn.Module, args: argparse.Namespace, scratch: Path, only: str | None = None
 ) -> dict[str, Callable]:
@@ -264,12 +271,13 @@ def build_runners(
                 runners[label] = ModuleRunner(NativeLKDN(model, flags_of(choice)).eval(), label)
             except KernelUnavailable as err:
                 print(f"{label}: skipped ({err})")
-    for rev in args.baseline:
-        if wanted(f"native@{rev}"):
+    for baseline in args.baseline:
+        if wanted(f"native@{baseline}"):
+            rev, _, build = baseline.partition(":")
             try:
-                runners[f"native@{rev}"] = load_native(rev, model)
+                runners[f"native@{baseline}"] = load_native(rev, model, flags_of(parse_choice(build)))
             except BaselineUnavailable as err:
-                print(f"native@{rev}: skipped ({err})")
+                print(f"native@{baseline}: skipped ({err})")
     if wanted("fast"):
         runners["fast"] = make_runner(model, "cpu", "fast")
     needs_onnx = (not args.no_onnx and wanted("onnxruntime")) or (not args.no_openvino and wanted(OPENVINO))
@@ -398,7 +406,12 @@ def main() -> None:
         "--sizes", nargs="+", default=list(SIZES), help="LR sizes HxW, or div2k (the sample image)"
     )
     p.add_argument(
-        "--baseline", nargs="*", default=[BASELINE], help="git revisions whose native backend to time"
+        "--baseline",
+        nargs="*",
+        default=[BASELINE],
+        type=_baseline,
+        metavar="REV[:BUILD]",
+        help="git revisions whose native backend to time (:BUILD: its kernel built so, e.g. 434aa67:tiles=wide)",
     )
     p.add_argument(
         "--runs", type=positive_int, default=31, help="timed interleaved rounds, at most (medians reported)"

@@ -10,6 +10,7 @@ import torch
 
 from models import lkdn_s
 from utils.runtime.native import NativeLKDN, native_available
+from utils.runtime.native_tune import flags_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,6 +35,10 @@ def test_the_baseline_of_head_is_todays_native_backend():
     with torch.inference_mode():
         today = NativeLKDN(model).eval()(x)
     torch.testing.assert_close(load_native("HEAD", model)(x), today, atol=1e-5, rtol=0)
+    flags = flags_of({"tiles": "wide"})  # a build of HEAD's kernel: today's same build
+    with torch.inference_mode():
+        wide = NativeLKDN(model, flags).eval()(x)
+    torch.testing.assert_close(load_native("HEAD", model, flags)(x), wide, atol=1e-5, rtol=0)
 
 
 @in_git_checkout
