@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -259,6 +260,24 @@ def test_the_command_tunes_even_where_tuning_is_off_and_forces_when_asked(record
     assert calls == [1, 1]
     assert capsys.readouterr().out.splitlines()[0].startswith("1 thread: tiles=wide (")
     assert os.environ[tune.ENV] == "0"  # the setting of the process around it is left as it was
+
+
+@needs_kernels
+def test_the_command_measures_the_tuners_noise_on_identical_builds(monkeypatch, capsys):
+    monkeypatch.setattr(tune, "SIZES", ((8, 8),))
+    monkeypatch.setattr(tune, "ROUNDS", 3)
+    threads = torch.get_num_threads()
+    assert tune.main(["--threads", "1", "--noise", "4"]) == 0
+    out = capsys.readouterr().out
+    found = re.fullmatch(
+        r"1 thread: identical builds, 4 trials of 3 rounds: median ratios (\S+)-(\S+), standard deviation (\S+), "
+        r"(\d) at or under the margin \(0.98\)\n",
+        out,
+    )
+    assert found, out
+    low, high, spread = map(float, found.groups()[:3])
+    assert 0.2 < low <= high < 5 and spread >= 0 and int(found[4]) <= 4
+    assert torch.get_num_threads() == threads
 
 
 def test_parse_choice_names_the_settings():

@@ -50,9 +50,9 @@ MARGIN = 0.98  # a candidate replaces the default build only if it takes at most
 # (96x320, cut into two strips of 160, ranked the strip widths unlike 256x256: docs/speed.md)
 SIZES = ((64, 64), (96, 256))
 # Rounds of timing, and more where the best alternative took between CLEAR and 1 of the current build's time: on a
-# shared machine the median ratio of two identical builds over 8 rounds spread by 0.02 (standard deviation; 0.94-1.03
-# in 12 trials), as much as the gains to tell apart (the Winograd upsampler: 0.97), and a no-op then passed MARGIN
-# one time in five; over 24 rounds the spread about halves (2-core Intel Xeon, docs/speed.md).
+# shared machine the median ratio of two identical builds over 8 rounds spread as much as the gains to tell apart
+# (the Winograd upsampler: 0.97), and a no-op passed MARGIN one time in five or six (`--noise 12` below: 0.91-1.05,
+# standard deviation 0.034, at one thread on a 2-core Intel Xeon; docs/speed.md).
 ROUNDS, CONFIRM, CLEAR = 8, 16, 0.95
 
 
@@ -350,16 +350,45 @@ def chosen_build(
     return choice
 
 
+def noise(model: LKDN, trials: int) -> list[float]:
+    """The tuner's estimate for two identical builds (the default build against itself), `trials` times over: how
+    far from 1 noise alone moves a median ratio of ROUNDS rounds on this machine now, against MARGIN and CLEAR."""
+    timer = Timer(model)
+    reason = timer.usable(())
+    if reason is not None:
+        raise KernelUnavailable(f"the default build: {reason}")
+    return [statistics.median(timer.rounds((), [()], ROUNDS)[0]) for _ in range(trials)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Tune now (or show the kept choice) for the bundled weights' network at each thread count asked for."""
+    """Tune now (or show the kept choice) for the bundled weights' network at each thread count asked for, or
+    (--noise) measure how far noise moves the tuner's estimate here."""
     parser = argparse.ArgumentParser(
         description="Tune the native kernels for this CPU (kept for later runs)."
     )
     parser.add_argument("--threads", type=positive_int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--force", action="store_true", help="tune again even where a choice is kept")
+    parser.add_argument(
+        "--noise", type=positive_int, metavar="TRIALS",
+        help="instead of tuning, time the default build against itself TRIALS times as the tuner times a setting",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     model = build_model_from_checkpoint(BUNDLED_CHECKPOINT).eval()
-    for threads in args.threads:  # an explicit request: it tunes whatever LKDN_NATIVE_TUNE says
+    for threads in args.threads:
+        if args.noise:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                medians = noise(model, args.noise)
+            finally:
+                torch.set_num_threads(previous)
+            spread = statistics.stdev(medians) if len(medians) > 1 else 0.0
+            print(
+                f"{threads} thread{'s' if threads > 1 else ''}: identical builds, {len(medians)} trials of {ROUNDS} "
+                f"rounds: median ratios {min(medians):.3f}-{max(medians):.3f}, standard deviation {spread:.3f}, "
+                f"{sum(m <= MARGIN for m in medians)} at or under the margin ({MARGIN})"
+            )
+            continue  # an explicit request: it tunes whatever LKDN_NATIVE_TUNE says
         start = time.perf_counter()
         choice = chosen_build(model, threads, mode="force" if args.force else "")
         print(
