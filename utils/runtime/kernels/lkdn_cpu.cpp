@@ -306,7 +306,7 @@ inline void opaque(T*& p) {
 // is summed in the same order whatever the tile, so results do not depend on P or VT. PREFETCH: the first vectors'
 // pass also fetches the next P pixels' inputs, which may come from L3 or memory, a cache line per input channel, so
 // that the fetches overlap the FMAs. Issued in one burst before the tile (16-105 lines: the tail's c1 reads five
-// images), they stalled once the core's line fill buffers were taken: the network took 1.02x-1.04x the time (one
+// images), they stalled once the core's line fill buffers were taken: the network took 1.00x-1.05x the time (one
 // and two threads, LR 80x120 to 339x510, 2-core Intel Xeon; docs/speed.md).
 template <int NV, int CIN, int P, int COUNT, int V0, int VT, bool PREFETCH = false>
 inline void matmul_tile(const Source* sources, int count, int p0, const float* bias, vf (&res)[P][NV]) {
