@@ -9,14 +9,15 @@ DIV2K-valid-sized ../shared/data/div2k_sample/0853x4.png), every path is warmed 
 rounds (the order rotates each round), so load from other processes hits all of them alike. Printed per path:
 median wall time; its speed relative to the reference (the straightforward fused module) and to the `native`
 backend of each `--baseline` revision (that commit's kernel and Python module, built and run in this process:
-benchmarks/baseline.py; `REV:BUILD`, its kernel built with that build's settings), each the median over rounds of the other path's time divided by this path's in the
-same round, so that a shared machine's speed drifting between rounds cancels, with the quartiles of those
-per-round ratios against the reference; and the max abs difference from the reference output. Paths: reference,
-native (the kernel build utils/runtime/native_tune.py chose for this CPU and thread count, tuned first if it has
-not been; `native:<candidate>` when that is not the default build), each `--builds` candidate beside it
-(`native:<name>`), native at each baseline revision, fast, onnxruntime and OpenVINO (both on the exported ONNX graph;
-OpenVINO's CPU plugin compiled for the size with f32 inference precision), torch.compile of the reference with
-`--compile`. Rounds: `--runs`, fewer (at least 3) where the reference's calls would take over 20 s in all.
+benchmarks/baseline.py; `REV:BUILD`: its kernel built with that build's settings), each the median over rounds of
+the other path's time divided by this path's in the same round, so that a shared machine's speed drifting between
+rounds cancels, with the quartiles of those per-round ratios against the reference; and the max abs difference from
+the reference output. Paths: reference, native (the kernel build utils/runtime/native_tune.py chose for this CPU
+and thread count, tuned first if it has not been; `native:<candidate>` when that is not the default build), each
+`--builds` candidate beside it (`native:<name>`), native at each baseline revision, fast, onnxruntime and OpenVINO
+(both on the exported ONNX graph; OpenVINO's CPU plugin compiled for the size with f32 inference precision),
+torch.compile of the reference with `--compile`. Rounds: `--runs`, fewer (at least 3) where the reference's calls
+would take over 20 s in all.
 
 `--detail` adds, per size, the peak resident memory one call of each path adds (measured in a fresh process
 per path), the bytes written by its tensor ops, and a rough roofline: the conv MACs and exact-GELU elements at
@@ -243,9 +244,8 @@ def _choice(text: str) -> dict[str, str]:
 
 
 def _baseline(text: str) -> str:
-    _choice(
-        text.partition(":")[2]
-    )  # a build that names no setting's value: an error now, not after the timing
+    # a build that names no setting's value: an argument error now, not after the timing
+    _choice(text.partition(":")[2])
     return text
 
 

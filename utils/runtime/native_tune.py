@@ -6,13 +6,15 @@ build settings (SETTINGS: lkdn_cpu.cpp's LKDN_WIDE_TILES, LKDN_GELU_TABLE, LKDN_
 LKDN_STRIP, LKDN_DEPTHWISE_PIXELS, LKDN_CALLER_SHARE, the vector width) and this module tunes them on the machine
 itself, one setting after another from the default build: the setting's alternatives are built (cached like any
 kernel build), checked against the reference module's output (a build that differs by more than ATOL is never
-chosen) and timed against the current choice in interleaved rounds on two input sizes (ROUNDS, and CONFIRM more where
-the best alternative is a close call); an alternative replaces the current value if it takes at most MARGIN of its
-time. The choice is kept in `native_tuning.json` beside the compiled
-kernels, keyed by the CPU (model and instruction-set flags), the compiler and kernel source, how the tuner measures
-(its candidates, SIZES, ROUNDS, CONFIRM, CLEAR, MARGIN), the thread count and the network's width: another CPU, compiler, source, way of tuning or
-thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force tunes again. `python -m
-utils.runtime.native_tune [--threads 1 2] [--force]` tunes now (or shows the kept choice) and says how long it took.
+chosen) and timed against the current choice in interleaved rounds on two input sizes (ROUNDS, and CONFIRM more
+where the best alternative is a close call); an alternative replaces the current value if it takes at most MARGIN
+of its time. The choice is kept in `native_tuning.json` beside the compiled kernels, keyed by the CPU (model and
+instruction-set flags), the compiler and kernel source, how the tuner measures (its candidates, SIZES, ROUNDS,
+CONFIRM, CLEAR, MARGIN), the thread count and the network's width: another CPU, compiler, source, way of tuning or
+thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the default
+build), LKDN_NATIVE_TUNE=force tunes again. `python -m utils.runtime.native_tune [--threads 1 2] [--force]` tunes
+now (or shows the kept choice) and says how long it took; `--noise TRIALS` measures how far noise alone moves the
+tuner's estimate on this machine.
 """
 
 from __future__ import annotations
