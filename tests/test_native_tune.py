@@ -13,7 +13,7 @@ import torch
 from test_fast_inference import ATOL, perturbed, reference_output
 
 from models import lkdn, lkdn_s
-from utils.errors import FatalError
+from utils.errors import FatalError, UserError
 from utils.runtime import native_tune as tune
 from utils.runtime.native import NativeLKDN, native_available
 
@@ -278,6 +278,17 @@ def test_the_command_measures_the_tuners_noise_on_identical_builds(monkeypatch, 
     low, high, spread = map(float, found.groups()[:3])
     assert 0.2 < low <= high < 5 and spread >= 0 and int(found[4]) <= 4
     assert torch.get_num_threads() == threads
+
+
+def test_the_command_says_in_one_line_why_the_kernels_cannot_run(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise tune.KernelUnavailable("no C++ compiler found (install g++ or clang++, or set CXX)")
+
+    monkeypatch.setattr(tune, "chosen_build", unavailable)
+    monkeypatch.setattr(tune, "noise", unavailable)
+    for argv in (["--threads", "1"], ["--threads", "1", "--noise", "2"]):
+        with pytest.raises(UserError, match=r"^the native kernels cannot run here: no C\+\+ compiler found"):
+            tune.main(argv)
 
 
 def test_parse_choice_names_the_settings():

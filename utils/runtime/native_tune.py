@@ -362,6 +362,21 @@ def noise(model: LKDN, trials: int) -> list[float]:
     return [statistics.median(timer.rounds((), [()], ROUNDS)[0]) for _ in range(trials)]
 
 
+def _noise_summary(model: LKDN, threads: int, trials: int) -> str:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        medians = noise(model, trials)
+    finally:
+        torch.set_num_threads(previous)
+    spread = statistics.stdev(medians) if len(medians) > 1 else 0.0
+    return (
+        f"identical builds, {len(medians)} trials of {ROUNDS} rounds: median ratios {min(medians):.3f}-"
+        f"{max(medians):.3f}, standard deviation {spread:.3f}, {sum(m <= MARGIN for m in medians)} at or under "
+        f"the margin ({MARGIN})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Tune now (or show the kept choice) for the bundled weights' network at each thread count asked for, or
     (--noise) measure how far noise moves the tuner's estimate here."""
@@ -376,26 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     model = build_model_from_checkpoint(BUNDLED_CHECKPOINT).eval()
-    for threads in args.threads:
-        if args.noise:
-            previous = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                medians = noise(model, args.noise)
-            finally:
-                torch.set_num_threads(previous)
-            spread = statistics.stdev(medians) if len(medians) > 1 else 0.0
-            print(
-                f"{threads} thread{'s' if threads > 1 else ''}: identical builds, {len(medians)} trials of {ROUNDS} "
-                f"rounds: median ratios {min(medians):.3f}-{max(medians):.3f}, standard deviation {spread:.3f}, "
-                f"{sum(m <= MARGIN for m in medians)} at or under the margin ({MARGIN})"
-            )
-            continue  # an explicit request: it tunes whatever LKDN_NATIVE_TUNE says
-        start = time.perf_counter()
-        choice = chosen_build(model, threads, mode="force" if args.force else "")
-        print(
-            f"{threads} thread{'s' if threads > 1 else ''}: {name_of(choice)} ({time.perf_counter() - start:.1f} s)"
-        )
+    try:
+        for threads in args.threads:  # an explicit request: it tunes whatever LKDN_NATIVE_TUNE says
+            plural = "s" if threads > 1 else ""
+            if args.noise:
+                print(f"{threads} thread{plural}: {_noise_summary(model, threads, args.noise)}")
+                continue
+            start = time.perf_counter()
+            choice = chosen_build(model, threads, mode="force" if args.force else "")
+            print(f"{threads} thread{plural}: {name_of(choice)} ({time.perf_counter() - start:.1f} s)")
+    except KernelUnavailable as err:  # no compiler, say: one line, not a traceback
+        raise UserError(f"the native kernels cannot run here: {err}") from None
     return 0
 
 
