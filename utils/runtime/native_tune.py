@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +142,7 @@ def settings(threads: int) -> list[Setting]:
 
 def fingerprint() -> str:
     """What a choice depends on besides the thread count and width: the CPU, the compiler, the kernel source, and
-    how the tuner measures (sizes, rounds, margin)."""
+    how the tuner measures (the candidates it times, its sizes, rounds and margins)."""
     sources = [SOURCE, *sorted(build.INCLUDE.glob("*.h"))]
     parts = [
         cpu_description(),
@@ -256,6 +256,24 @@ class Timer:
         return ratios
 
 
+def _require_default(timer: Timer) -> None:
+    """The default build, every tuning's starting point and fallback, must run and match the reference."""
+    reason = timer.usable(())
+    if reason is not None:
+        raise KernelUnavailable(f"the default build: {reason}")
+
+
+@contextlib.contextmanager
+def _at_threads(threads: int) -> Iterator[None]:
+    """torch's thread count set to `threads` inside, and back to what it was after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def settled(measure: Callable[[int], list[list[float]]]) -> list[float]:
     """The median per-round time ratio of each alternative to the current build, from `measure(n)` (n rounds of
     ratios per alternative): ROUNDS rounds, and CONFIRM more for all of them where the best is a close call
@@ -274,10 +292,8 @@ def tune(
     and timed against the current choice, and the fastest replaces it if it takes at most MARGIN of its time.
     Returns the choice and what was measured, one line per setting."""
     time_ = timer(model)
+    _require_default(time_)
     choice: Choice = {}
-    reason = time_.usable(())
-    if reason is not None:
-        raise KernelUnavailable(f"the default build: {reason}")
     lines = []
     for setting in settings(torch.get_num_threads()):
         if any(choice.get(name, BY_SETTING[name].default) != value for name, value in setting.when):
@@ -329,12 +345,8 @@ def chosen_build(
         f"tuning for {cpu_description()}, {threads} thread{plural} (once: 10-20 s, and about 30 s of compiling "
         f"the first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
     )
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _at_threads(threads):
         choice, lines = (tuner or tune)(model)
-    finally:
-        torch.set_num_threads(previous)
     _say(f"chose {name_of(choice)}; kept in {record_path()}")
     record = {
         "choice": choice,
@@ -356,19 +368,13 @@ def noise(model: LKDN, trials: int) -> list[float]:
     """The tuner's estimate for two identical builds (the default build against itself), `trials` times over: how
     far from 1 noise alone moves a median ratio of ROUNDS rounds on this machine now, against MARGIN and CLEAR."""
     timer = Timer(model)
-    reason = timer.usable(())
-    if reason is not None:
-        raise KernelUnavailable(f"the default build: {reason}")
+    _require_default(timer)
     return [statistics.median(timer.rounds((), [()], ROUNDS)[0]) for _ in range(trials)]
 
 
 def _noise_summary(model: LKDN, threads: int, trials: int) -> str:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _at_threads(threads):
         medians = noise(model, trials)
-    finally:
-        torch.set_num_threads(previous)
     spread = statistics.stdev(medians) if len(medians) > 1 else 0.0
     return (
         f"identical builds, {len(medians)} trials of {ROUNDS} rounds: median ratios {min(medians):.3f}-"
