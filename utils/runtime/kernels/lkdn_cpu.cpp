@@ -80,7 +80,8 @@ constexpr int kDefaultRegisters = 6, kDefaultDepthwisePixels = 4;
 #ifndef LKDN_TEAM_COLUMNS
 #define LKDN_TEAM_COLUMNS 0
 #endif
-// LKDN_CALLER_SHARE: the calling thread's share of a team's columns, in percent of an equal share (see Team).
+// LKDN_CALLER_SHARE: the calling thread's share of a team's columns, in percent of an equal share (see Team and
+// Block::strip_edge).
 #ifndef LKDN_CALLER_SHARE
 #define LKDN_CALLER_SHARE 100
 #endif
@@ -909,6 +910,23 @@ struct Block {
         });
     }
 
+    // The first column of strip j of an image w columns wide cut into `strips` that `members` take in turn: the
+    // calling thread's strips (j % members == 0) weigh LKDN_CALLER_SHARE and the others 100, as in Team::share,
+    // where every strip keeps at least 32 columns; else equal strips. The first strip has the least work (its steps
+    // compute fewer columns than it has and it takes none from a strip before), so with two strips a caller's share
+    // above 100 evens them out.
+    static int strip_edge(int j, int strips, int members, int w) {
+        int64_t before = 0, total = 0, least = 100;
+        for (int i = 0; i < strips; ++i) {
+            const int64_t weight = i % members == 0 ? LKDN_CALLER_SHARE : 100;
+            before += i < j ? weight : 0;
+            total += weight;
+            least = std::min(least, weight);
+        }
+        if (w * least < 33 * total) return int(int64_t(w) * j / strips);  // a strip of the split would be narrower
+        return int(w * before / total);
+    }
+
     // LKDN_TEAM_COLUMNS: the members take the image's column strips in turn (strip j: member j % members) and run
     // each alone, with rings of their own and no barrier but one per image. Strip j takes the columns it reads left
     // of its own from strip j - 1, run at the same time by another member: it waits for each row's (Hand::ready),
@@ -933,8 +951,8 @@ struct Block {
                 for (int j = m; j < strips; j += members) {
                     const Hand hand{side_of(j > 0 ? j - 1 : j), side_of(j), j > 0 ? &done[j - 1] : nullptr,
                                     j < strips - 1 ? &done[j] : nullptr, base};
-                    strip(pr, x + offset, out + offset, h, w, w * j / strips, w * (j + 1) / strips, eps, alone, 0,
-                          memory, hand);
+                    strip(pr, x + offset, out + offset, h, w, strip_edge(j, strips, members, w),
+                          strip_edge(j + 1, strips, members, w), eps, alone, 0, memory, hand);
                 }
                 team.wait();  // an image's carried columns are read before the next image's are written
             }
