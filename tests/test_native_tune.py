@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import statistics
 
 import pytest
 import torch
@@ -22,8 +23,10 @@ needs_kernels = pytest.mark.skipif(
 )
 
 # every build the tuner can reach: each alternative alone, and each with wide tiles (tuned first); on an AVX-512
-# CPU also the Winograd upsampler with 8-float vectors (the AVX2 build's tiles of it differ)
+# CPU also the Winograd upsampler with 8-float vectors (the AVX2 build's tiles of it differ); and the caller's
+# share of column strips (team=columns), where it moves the strips' edges
 _AVX2 = ({"vectors": "256", "upsampler": "winograd"},) if tune.vector_isa() == "AVX-512" else ()
+_STRIPS = tuple({"team": "columns", "caller_share": share} for share in ("90", "110"))
 BUILDS = sorted(
     {
         tune.name_of(choice)
@@ -31,7 +34,7 @@ BUILDS = sorted(
         for value in setting.alternatives
         for choice in ({setting.name: value}, {"tiles": "wide", setting.name: value})
     }
-    | {tune.name_of(choice) for choice in _AVX2}
+    | {tune.name_of(choice) for choice in (*_AVX2, *_STRIPS)}
     | {"default"}
 )
 
@@ -60,7 +63,11 @@ def test_every_build_the_tuner_may_choose_computes_the_reference(model, build):
     (bit-identical to one thread), and the other width the kernels are built for."""
     choice = tune.parse_choice(build)
     g = torch.Generator().manual_seed(22)
-    for shape in ((2, 3, 13, 53), (1, 3, 7, 530)):
+    for shape in (
+        (2, 3, 13, 53),
+        (1, 3, 9, 70),
+        (1, 3, 7, 530),
+    ):  # 70: two strips of 36 and 34 at a 110 share
         x = torch.rand(shape, generator=g)
         one = _run(model, x, choice)
         torch.testing.assert_close(one, reference_output(model, x), atol=ATOL, rtol=0)
@@ -72,8 +79,8 @@ def test_every_build_the_tuner_may_choose_computes_the_reference(model, build):
 
 
 class FakeTimer:
-    """Stands in for tune.Timer: `relative[flags]` is a build's time relative to the default build; builds in
-    `broken` do not pass the check."""
+    """Stands in for tune.Timer: `relative[flags]` is a build's time relative to the default build, the same in each
+    of ROUNDS rounds; builds in `broken` do not pass the check."""
 
     def __init__(self, relative, broken=()):
         self.relative, self.broken = relative, set(broken)
@@ -87,7 +94,7 @@ class FakeTimer:
 
     def compare(self, current, others):
         self.timed.extend(others)
-        return [self.relative.get(o, 1.0) / self.relative.get(current, 1.0) for o in others]
+        return [[self.relative.get(o, 1.0) / self.relative.get(current, 1.0)] * tune.ROUNDS for o in others]
 
 
 def _timer(relative, broken=()):
@@ -119,7 +126,7 @@ def test_an_alternative_the_tuned_sizes_cannot_tell_apart_is_never_timed(monkeyp
     fake = FakeTimer({tune.flags_of({"strip": "512"}): 0.5})
     choice, lines = tune.tune(None, say=lambda line: None, timer=lambda model: fake)
     assert choice == {} and "512" not in lines[0]
-    assert fake.timed == [tune.flags_of({"strip": value}) for value in ("64", "128")]
+    assert set(fake.timed) == {tune.flags_of({"strip": value}) for value in ("64", "128")}
     assert tune.parse_choice("strip=512") == {"strip": "512"}  # still a build one may ask for
 
 
@@ -139,12 +146,55 @@ def test_close_calls_are_timed_again_and_decided_on_every_round(first, confirmed
         later = len(calls) > 1
         return [[(0.99 if later else first[0])] * rounds, [(1.03 if later else first[1])] * rounds]
 
-    medians = tune.settled(measure)
+    medians = [statistics.median(r) for r in tune.settled(measure)]
     assert calls == ([tune.ROUNDS, tune.CONFIRM] if confirmed else [tune.ROUNDS])
     if confirmed:  # the median over all rounds: the confirming rounds outnumber the first
         assert medians == [0.99, 1.03] and tune.CONFIRM > tune.ROUNDS
     else:
         assert medians == first
+
+
+TABLE = tune.flags_of({"gelu": "table"})
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "chosen"),
+    [
+        (1.02, 0.90, "table"),  # a busy spell hid a gain on the first look: the rounds of both decide
+        (0.97, 1.03, "rational"),  # a close gain the second look does not bear out
+        (0.97, 0.97, "table"),
+    ],
+)
+def test_close_calls_get_a_second_look_after_the_other_settings(monkeypatch, first, second, chosen):
+    monkeypatch.setattr(tune, "settings", lambda threads: [tune.BY_SETTING["gelu"], tune.BY_SETTING["tiles"]])
+    wide_table = tune.flags_of({"tiles": "wide", "gelu": "table"})
+    fake = FakeTimer({TABLE: first, WIDE: 0.5, wide_table: 0.5 * second})
+    choice, lines = tune.tune(None, say=lambda line: None, timer=lambda model: fake)
+    assert choice == ({"tiles": "wide", "gelu": "table"} if chosen == "table" else {"tiles": "wide"})
+    tiles_look = wide_table if first <= tune.MARGIN else WIDE  # in the choice so far
+    assert fake.timed == [TABLE, tiles_look, wide_table]  # wide tiles, a clear gain, get one look
+    both = statistics.median([first, second])
+    assert lines[-1] == f"gelu, both looks: rational 1, table {both:.3f} -> {chosen}" and len(lines) == 3
+
+
+def test_a_clear_call_gets_one_look(monkeypatch):
+    monkeypatch.setattr(tune, "settings", lambda threads: [tune.BY_SETTING["gelu"]])
+    for relative in (0.90, 1.10):
+        fake = FakeTimer({TABLE: relative})
+        _, lines = tune.tune(None, say=lambda line: None, timer=lambda model, fake=fake: fake)
+        assert fake.timed == [TABLE] and len(lines) == 1
+
+
+def test_a_second_look_that_changes_a_setting_resets_those_that_needed_its_value(monkeypatch):
+    """gelu=table is tuned only with 16-float vectors: where 8-float vectors win on the second look, it goes."""
+    monkeypatch.setattr(
+        tune, "settings", lambda threads: [tune.BY_SETTING["vectors"], tune.BY_SETTING["gelu"]]
+    )
+    narrow = tune.flags_of({"vectors": "256"})
+    fake = FakeTimer({narrow: 0.99, TABLE: 0.9, tune.flags_of({"vectors": "256", "gelu": "table"}): 0.8})
+    choice, lines = tune.tune(None, say=lambda line: None, timer=lambda model: fake)
+    assert choice == {"vectors": "256"}
+    assert lines[-1] == f"vectors, both looks: 512 1, 256 {statistics.median([0.99, 0.8 / 0.9]):.3f} -> 256"
 
 
 def test_a_setting_that_needs_another_choice_is_skipped_without_it(monkeypatch):

@@ -8,13 +8,14 @@ itself, one setting after another from the default build: the setting's alternat
 kernel build), checked against the reference module's output (a build that differs by more than ATOL is never
 chosen) and timed against the current choice in interleaved rounds on two input sizes (ROUNDS, and CONFIRM more
 where the best alternative is a close call); an alternative replaces the current value if it takes at most MARGIN
-of its time. The choice is kept in `native_tuning.json` beside the compiled kernels, keyed by the CPU (model and
-instruction-set flags), the compiler and kernel source, how the tuner measures (its candidates, SIZES, ROUNDS,
-CONFIRM, CLEAR, MARGIN), the thread count and the network's width: another CPU, compiler, source, way of tuning or
-thread count tunes again; an unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the default
-build), LKDN_NATIVE_TUNE=force tunes again. `python -m utils.runtime.native_tune [--threads 1 2] [--force]` tunes
-now (or shows the kept choice) and says how long it took; `--noise TRIALS` measures how far noise alone moves the
-tuner's estimate on this machine.
+of its time. Close calls get a second look (LOOKS) once every setting has been tuned. The choice is kept in
+`native_tuning.json` beside the compiled kernels, keyed by the CPU (model and instruction-set flags), the compiler
+and kernel source, how the tuner measures (its candidates, SIZES, ROUNDS, CONFIRM, CLEAR, MARGIN, LOOKS), the
+thread count and the network's width: another CPU, compiler, source, way of tuning or thread count tunes again; an
+unreadable record is ignored and redone. LKDN_NATIVE_TUNE=0 skips tuning (the default build), LKDN_NATIVE_TUNE=force
+tunes again. `python -m utils.runtime.native_tune [--threads 1 2] [--force]` tunes now (or shows the kept choice)
+and says how long it took; `--noise TRIALS` measures how far noise alone moves the tuner's estimate on this
+machine.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ SIZES = ((64, 64), (96, 256))
 # (the Winograd upsampler: 0.97), and a no-op passed MARGIN one time in five or six (`--noise 12` below: 0.91-1.05,
 # standard deviation 0.034, at one thread on a 2-core Intel Xeon; docs/speed.md).
 ROUNDS, CONFIRM, CLEAR = 8, 16, 0.95
+# Looks at a close call (the best alternative within CLEAR of the default, either way): a second, after the other
+# settings, is decided on the rounds of both, so that a spell of a few seconds in which the machine was busier does
+# not decide alone (one two-thread tuning kept three defaults measured 1.004-1.038 that every other run that hour
+# measured 0.92-0.97: docs/speed.md).
+LOOKS = 2
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def fingerprint() -> str:
         build.find_compiler() or "",
         *(p.read_text() for p in sources),
         repr([(s.name, s.default, s.timed()) for s in SETTINGS]),
-        repr((SIZES, ROUNDS, CONFIRM, CLEAR, MARGIN)),
+        repr((SIZES, ROUNDS, CONFIRM, CLEAR, MARGIN, LOOKS)),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -231,8 +237,8 @@ class Timer:
         self.runners[flags] = runner
         return None
 
-    def compare(self, current: tuple[str, ...], others: list[tuple[str, ...]]) -> list[float]:
-        """Each of `others`' time relative to `current`'s (see `settled`)."""
+    def compare(self, current: tuple[str, ...], others: list[tuple[str, ...]]) -> list[list[float]]:
+        """Each of `others`' per-round time ratios to `current`'s (see `settled`)."""
         return settled(lambda rounds: self.rounds(current, others, rounds))
 
     def rounds(
@@ -274,15 +280,62 @@ def _at_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def settled(measure: Callable[[int], list[list[float]]]) -> list[float]:
-    """The median per-round time ratio of each alternative to the current build, from `measure(n)` (n rounds of
-    ratios per alternative): ROUNDS rounds, and CONFIRM more for all of them where the best is a close call
+def settled(measure: Callable[[int], list[list[float]]]) -> list[list[float]]:
+    """The per-round time ratios of each alternative to the current build, from `measure(n)` (n rounds of ratios
+    per alternative): ROUNDS rounds, and CONFIRM more for all of them where the best median is a close call
     (between CLEAR and 1), so that noise decides fewer choices."""
     ratios = measure(ROUNDS)
     if CLEAR < min(statistics.median(r) for r in ratios) < 1:
         for kept, more in zip(ratios, measure(CONFIRM), strict=True):
             kept.extend(more)
-    return [statistics.median(r) for r in ratios]
+    return ratios
+
+
+def _applies(setting: Setting, choice: Choice) -> bool:
+    return all(choice.get(name, BY_SETTING[name].default) == value for name, value in setting.when)
+
+
+def _time_setting(time_: Timer, setting: Setting, choice: Choice) -> tuple[dict[str, list[float]], list[str]]:
+    """Each timed alternative of `setting`: its per-round time ratios to `choice` with `setting` at its default,
+    for those that build and match the reference; and a note on each of the others, saying why not."""
+    base = {name: value for name, value in choice.items() if name != setting.name}
+    builds = {value: flags_of({**base, setting.name: value}) for value in setting.timed()}
+    time_.prepare([flags_of(base), *builds.values()])
+    reason = time_.usable(flags_of(base))
+    if reason is not None:  # a combination not built before (a second look): nothing to compare against
+        return {}, [f"{setting.default}: {reason}"]
+    usable, notes = {}, []
+    for value, flags in builds.items():
+        reason = time_.usable(flags)
+        if reason is None:
+            usable[value] = flags
+        else:
+            notes.append(f"{value}: {reason}")
+    ratios = time_.compare(flags_of(base), list(usable.values())) if usable else []
+    return dict(zip(usable, ratios, strict=True)), notes
+
+
+def _decide(setting: Setting, ratios: dict[str, list[float]], notes: list[str]) -> tuple[str, str]:
+    """The value the ratios choose (the fastest alternative, if its median is at most MARGIN; else the default)
+    and the line that says so."""
+    medians = {value: statistics.median(r) for value, r in ratios.items()}
+    best = min(medians, key=medians.__getitem__, default=None)
+    value = best if best is not None and medians[best] <= MARGIN else setting.default
+    shown = [f"{v} {m:.3f}" for v, m in medians.items()] + notes
+    return value, f"{setting.default} 1, {', '.join(shown)} -> {value}"
+
+
+def _close(ratios: dict[str, list[float]]) -> bool:
+    """Whether the best alternative's median lay within CLEAR of the default's time, on either side."""
+    return bool(ratios) and CLEAR < min(statistics.median(r) for r in ratios.values()) < 1 / CLEAR
+
+
+def _with(choice: Choice, setting: Setting, value: str) -> Choice:
+    """`choice` with `setting` at `value`, less any later setting that this change leaves without its condition."""
+    changed = {name: v for name, v in choice.items() if name != setting.name}
+    if value != setting.default:
+        changed[setting.name] = value
+    return {name: v for name, v in changed.items() if _applies(BY_SETTING[name], changed)}
 
 
 def tune(
@@ -290,34 +343,33 @@ def tune(
 ) -> tuple[Choice, list[str]]:
     """Tune the settings one after another from the default build: for each, its alternatives are built, checked
     and timed against the current choice, and the fastest replaces it if it takes at most MARGIN of its time.
-    Returns the choice and what was measured, one line per setting."""
+    Then a second look at each close call (the best alternative within CLEAR of the default, either way): timed
+    again in the final choice, later, and decided on the rounds of both looks, so that a few seconds in which
+    the machine was busier decide less. Returns the choice and what was measured, one line per look."""
     time_ = timer(model)
     _require_default(time_)
     choice: Choice = {}
-    lines = []
+    lines: list[str] = []
+    close: dict[str, dict[str, list[float]]] = {}  # a close call's first look: alternative -> round ratios
     for setting in settings(torch.get_num_threads()):
-        if any(choice.get(name, BY_SETTING[name].default) != value for name, value in setting.when):
+        if not _applies(setting, choice):
             continue
-        values, builds, notes = [], [], []
-        time_.prepare([flags_of({**choice, setting.name: value}) for value in setting.timed()])
-        for value in setting.timed():
-            flags = flags_of({**choice, setting.name: value})
-            reason = time_.usable(flags)
-            if reason is None:
-                values.append(value)
-                builds.append(flags)
-            else:
-                notes.append(f"{value}: {reason}")
-        current = choice.get(setting.name, setting.default)
-        if builds:
-            relative = time_.compare(flags_of(choice), builds)
-            best = min(range(len(values)), key=relative.__getitem__)
-            notes = [f"{value} {r:.3f}" for value, r in zip(values, relative, strict=True)] + notes
-            if relative[best] <= MARGIN:
-                choice[setting.name] = values[best]
-        lines.append(
-            f"{setting.name}: {current} 1, {', '.join(notes)} -> {choice.get(setting.name, setting.default)}"
-        )
+        ratios, notes = _time_setting(time_, setting, choice)
+        value, line = _decide(setting, ratios, notes)
+        choice = _with(choice, setting, value)
+        if _close(ratios):
+            close[setting.name] = ratios
+        lines.append(f"{setting.name}: {line}")
+        say(lines[-1])
+    for name, first in close.items() if LOOKS > 1 else ():
+        setting = BY_SETTING[name]
+        if not _applies(setting, choice):
+            continue
+        again, notes = _time_setting(time_, setting, choice)
+        both = {value: first[value] + ratios for value, ratios in again.items() if value in first}
+        value, line = _decide(setting, both, notes)
+        choice = _with(choice, setting, value)
+        lines.append(f"{name}, both looks: {line}")
         say(lines[-1])
     return choice, lines
 
@@ -329,7 +381,7 @@ def chosen_build(
     mode: str | None = None,
 ) -> Choice:
     """The kernel build for `model` at `threads` (default: torch's): the kept choice, or one tuned now
-    (10-20 s, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0. `mode` overrides that
+    (20-50 s, plus the builds the first time), or the default build when LKDN_NATIVE_TUNE=0. `mode` overrides that
     variable ("": tune if no choice is kept, "force", "0")."""
     mode = (os.environ.get(ENV, "") if mode is None else mode).strip().lower()
     if mode in SKIP:
@@ -342,8 +394,9 @@ def chosen_build(
         return record["choice"]
     plural = "s" if threads > 1 else ""
     _say(
-        f"tuning for {cpu_description()}, {threads} thread{plural} (once: 10-20 s, and about 30 s of compiling "
-        f"the first time; {ENV}=0 skips). Each line: a setting's values, time relative to the current choice"
+        f"tuning for {cpu_description()}, {threads} thread{plural} (once: 20-50 s, and about 30 s of compiling "
+        f"the first time; {ENV}=0 skips). Each line: a setting's values, time relative to its default (close "
+        "calls get a second look)"
     )
     with _at_threads(threads):
         choice, lines = (tuner or tune)(model)
