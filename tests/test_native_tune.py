@@ -63,11 +63,8 @@ def test_every_build_the_tuner_may_choose_computes_the_reference(model, build):
     (bit-identical to one thread), and the other width the kernels are built for."""
     choice = tune.parse_choice(build)
     g = torch.Generator().manual_seed(22)
-    for shape in (
-        (2, 3, 13, 53),
-        (1, 3, 9, 70),
-        (1, 3, 7, 530),
-    ):  # 70: two strips of 36 and 34 at a 110 share
+    # 70 columns: two strips of 36 and 34 at a 110 share; 33 rows: the tail in two bands of rows (team=columns)
+    for shape in ((2, 3, 13, 53), (1, 3, 9, 70), (1, 3, 7, 530), (2, 3, 33, 21)):
         x = torch.rand(shape, generator=g)
         one = _run(model, x, choice)
         torch.testing.assert_close(one, reference_output(model, x), atol=ATOL, rtol=0)

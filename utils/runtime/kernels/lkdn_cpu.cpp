@@ -1083,10 +1083,11 @@ struct Tail {
         }
     }
 
-    // Member `m` of `team` runs its share of the tail on one image; the rings live in member 0's `ring_memory`,
-    // shared by the team through `memory`. `winograd`: the upsampler's weights for up_pairs, if it is used.
+    // Member `m` of `team` runs its share of the tail on output rows [y0, y1) of one image (from the rows of c1 and c2
+    // they read: 2 and 1 more on each side); the rings live in member 0's `ring_memory`, shared by the team through
+    // `memory`. `winograd`: the upsampler's weights for up_pairs, if it is used.
     static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
-                      int w, Team& team, int m, float*& memory, const float* winograd) {
+                      int w, Team& team, int m, float*& memory, const float* winograd, int y0, int y1) {
         static constexpr int reach[3] = {0, 1, 1};  // c2's depthwise 3x3, then the upsampler's 3x3
         const Lags<3> lags(reach, team.size() > 1);
         const int(&lag)[3] = lags.lag;
@@ -1136,18 +1137,18 @@ struct Tail {
                 p0, p0, p1, [&](int pair) { up_pairs<P>(rows, ky, count, pair, w, winograd, pr.up_b, epi); },
                 [&](int pair) { up_pairs<1>(rows, ky, count, pair, w, winograd, pr.up_b, epi); });
         };
-        for (int k = 0; k < h + lag[2]; ++k) {
-            if (const int y = k - lag[0]; y < h) {
+        for (int k = std::max(0, y0 - 2) + lag[0]; k < y1 + lag[2]; ++k) {
+            if (const int y = k - lag[0]; y < std::min(h, y1 + 2)) {
                 for (int b = 0; b < blocks; ++b)
                     sources[b] = {hidden[b] + (size_t(y) * w + lo) * S::c, S::c, pr.c1_w + size_t(b) * S::c * S::cp};
                 float* trunk = scratch + lo * S::cp;
                 matmul_row<NC, S::c>(sources.data(), blocks, cols, pr.c1_b, StoreGelu<NC>{trunk});
                 matmul_row<NC, S::c>(trunk, S::cp, cols, pr.c2_w, nullptr, Store<NC>{t.row(y) + lo * S::cp, S::cp});
             }
-            if (const int y = k - lag[1]; y >= 0 && y < h)
+            if (const int y = k - lag[1]; y >= std::max(0, y0 - 1) && y < std::min(h, y1 + 1))
                 depthwise_row<NC, 3, 1>(t, y, h, lo, hi, pr.c2_dw, pr.c2_db,
                                         AddFeatures{feat + (size_t(y) * w + lo) * S::c, z.row(y) + lo * S::cp});
-            if (const int y = k - lag[2]; y >= 0 && y < h) {
+            if (const int y = k - lag[2]; y >= y0 && y < y1) {
                 if constexpr (LKDN_WINOGRAD != 0)
                     winograd_row(y);
                 else
@@ -1157,18 +1158,31 @@ struct Tail {
         }
     }
 
+    static constexpr int kBandRows = 16;  // the fewest rows a member's band of the tail has (a 2-row halo each side)
+
     static void run(const float* const* hidden, int blocks, const float* feat, float* out, int n, int h, int w,
                     const float* params, int threads) {
         const TailParams pr(blocks, params);
         const std::vector<float> winograd = LKDN_WINOGRAD ? winograd_weights(pr.up_w) : std::vector<float>();
-        Team team(team_size(threads, w));
+        // LKDN_TEAM_COLUMNS: each member runs a band of rows alone (recomputing the 2 rows of c1 and 1 of c2 each
+        // side of it that its neighbours also compute) instead of sharing every row with a barrier per row
+        const bool bands = LKDN_TEAM_COLUMNS && threads > 1 && h >= 2 * kBandRows;
+        Team team(bands ? std::min(threads, h / kBandRows) : team_size(threads, w));
         float* memory = nullptr;
         team.run([&](int m) {
             std::vector<const float*> image_hidden(blocks);
+            Team alone(1);
+            float* own = nullptr;
+            const int members = team.size();
             for (int i = 0; i < n; ++i) {
                 for (int b = 0; b < blocks; ++b) image_hidden[b] = hidden[b] + size_t(i) * h * w * S::c;
-                image(pr, image_hidden.data(), blocks, feat + size_t(i) * h * w * S::c, out + size_t(i) * 48 * h * w, h,
-                      w, team, m, memory, winograd.data());
+                const float* f = feat + size_t(i) * h * w * S::c;
+                float* o = out + size_t(i) * 48 * h * w;
+                if (bands)
+                    image(pr, image_hidden.data(), blocks, f, o, h, w, alone, 0, own, winograd.data(),
+                          h * m / members, h * (m + 1) / members);
+                else
+                    image(pr, image_hidden.data(), blocks, f, o, h, w, team, m, memory, winograd.data(), 0, h);
             }
         });
     }
