@@ -726,8 +726,11 @@ struct Block {
     };
 
     // Columns a step reads left of its strip, computed by the strip before: `ring`, step `step`'s output, hands on
-    // its `cols` columns that the strip after reads, once step `ready` has run (for the distilled features, the
-    // last of the steps that fill them); `side_in` holds the strip before's for every row, `side_out` this one's.
+    // its `cols` columns that the strip after reads, once step `ready` has run; `side_in` holds the strip before's
+    // for every row, `side_out` this one's. The distilled features' 4 carried columns are ready after step 3:
+    // what the strip before computes of them, d1-d3, is done (step 5 computes r4 there in the strip after, as steps
+    // 2 and 3 its last columns of d2 and d3, after the copy), so with team=columns the strip after runs 3 pipeline
+    // steps behind the strip before instead of 5.
     struct Carried {
         Ring* ring;
         int step, ready, cols;
@@ -797,7 +800,7 @@ struct Block {
             n[step] = hi[step] - lo[step];
         }
         Ring* const carried_rings[8] = {&t[0], &t[1], &t[2], &t4, &dist, &a0, &u, &a1};
-        static constexpr int steps[8] = {0, 1, 2, 3, 0, 4, 4, 5}, ready[8] = {0, 1, 2, 3, 4, 4, 4, 5};
+        static constexpr int steps[8] = {0, 1, 2, 3, 0, 4, 4, 5}, ready[8] = {0, 1, 2, 3, 2, 4, 4, 5};
         Carried carried[8];
         for (int i = 0; i < 8; ++i) {
             const size_t at = side_offset(i, h);
