@@ -916,8 +916,8 @@ struct Block {
     // The first column of strip j of an image w columns wide cut into `strips` that `members` take in turn: the
     // calling thread's strips (j % members == 0) weigh LKDN_CALLER_SHARE and the others 100, as in Team::share,
     // where every strip keeps at least 32 columns; else equal strips. The first strip has the least work (its steps
-    // compute fewer columns than it has and it takes none from a strip before), so with two strips a caller's share
-    // above 100 evens them out.
+    // compute fewer columns than it has and it takes none from a strip before): a share above 100 evens out the
+    // work of two strips, but the second waits for the first one's rows (on a 2-core Xeon, 110 was no faster).
     static int strip_edge(int j, int strips, int members, int w) {
         int64_t before = 0, total = 0, least = 100;
         for (int i = 0; i < strips; ++i) {
