@@ -194,6 +194,16 @@ def test_a_second_look_that_changes_a_setting_resets_those_that_needed_its_value
     assert lines[-1] == f"vectors, both looks: 512 1, 256 {statistics.median([0.99, 0.8 / 0.9]):.3f} -> 256"
 
 
+def test_a_second_look_with_nothing_to_time_keeps_the_first(monkeypatch):
+    """gelu=table chosen on a close call, then wide tiles: where the rational GELU with wide tiles does not build,
+    the second look has nothing to compare and the choice stands (resetting it would choose that build)."""
+    monkeypatch.setattr(tune, "settings", lambda threads: [tune.BY_SETTING["gelu"], tune.BY_SETTING["tiles"]])
+    fake = FakeTimer({TABLE: 0.97, tune.flags_of({"tiles": "wide", "gelu": "table"}): 0.5}, broken={WIDE})
+    choice, lines = tune.tune(None, say=lambda line: None, timer=lambda model: fake)
+    assert choice == {"tiles": "wide", "gelu": "table"}
+    assert lines[-1] == "gelu, second look: rational: differs from the reference by 1.00e-01 -> table kept"
+
+
 def test_a_setting_that_needs_another_choice_is_skipped_without_it(monkeypatch):
     """The table GELU is AVX-512 code: where 8-float vectors won, its alternative would time the same build."""
     monkeypatch.setattr(

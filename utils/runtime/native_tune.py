@@ -367,6 +367,12 @@ def tune(
             continue
         again, notes = _time_setting(time_, setting, choice)
         both = {value: first[value] + ratios for value, ratios in again.items() if value in first}
+        if not both:  # nothing built to time again in this choice (its default, say): the first look stands
+            lines.append(
+                f"{name}, second look: {', '.join(notes)} -> {choice.get(name, setting.default)} kept"
+            )
+            say(lines[-1])
+            continue
         value, line = _decide(setting, both, notes)
         choice = _with(choice, setting, value)
         lines.append(f"{name}, both looks: {line}")
