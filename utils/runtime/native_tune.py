@@ -351,6 +351,11 @@ def tune(
     choice: Choice = {}
     lines: list[str] = []
     close: dict[str, dict[str, list[float]]] = {}  # a close call's first look: alternative -> round ratios
+
+    def report(line: str) -> None:
+        lines.append(line)
+        say(line)
+
     for setting in settings(torch.get_num_threads()):
         if not _applies(setting, choice):
             continue
@@ -359,8 +364,7 @@ def tune(
         choice = _with(choice, setting, value)
         if _close(ratios):
             close[setting.name] = ratios
-        lines.append(f"{setting.name}: {line}")
-        say(lines[-1])
+        report(f"{setting.name}: {line}")
     for name, first in close.items() if LOOKS > 1 else ():
         setting = BY_SETTING[name]
         if not _applies(setting, choice):
@@ -368,15 +372,11 @@ def tune(
         again, notes = _time_setting(time_, setting, choice)
         both = {value: first[value] + ratios for value, ratios in again.items() if value in first}
         if not both:  # nothing built to time again in this choice (its default, say): the first look stands
-            lines.append(
-                f"{name}, second look: {', '.join(notes)} -> {choice.get(name, setting.default)} kept"
-            )
-            say(lines[-1])
+            report(f"{name}, second look: {', '.join(notes)} -> {choice.get(name, setting.default)} kept")
             continue
         value, line = _decide(setting, both, notes)
         choice = _with(choice, setting, value)
-        lines.append(f"{name}, both looks: {line}")
-        say(lines[-1])
+        report(f"{name}, both looks: {line}")
     return choice, lines
 
 

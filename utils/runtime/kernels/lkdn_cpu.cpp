@@ -919,12 +919,12 @@ struct Block {
     // compute fewer columns than it has and it takes none from a strip before): a share above 100 evens out the
     // work of two strips, but the second waits for the first one's rows (on a 2-core Xeon, 110 was no faster).
     static int strip_edge(int j, int strips, int members, int w) {
-        int64_t before = 0, total = 0, least = 100;
+        constexpr int64_t least = std::min(100, LKDN_CALLER_SHARE);  // the lightest strip's weight
+        int64_t before = 0, total = 0;
         for (int i = 0; i < strips; ++i) {
             const int64_t weight = i % members == 0 ? LKDN_CALLER_SHARE : 100;
             before += i < j ? weight : 0;
             total += weight;
-            least = std::min(least, weight);
         }
         if (w * least < 33 * total) return int(int64_t(w) * j / strips);  // a strip of the split would be narrower
         return int(w * before / total);
@@ -1087,7 +1087,7 @@ struct Tail {
     }
 
     // Member `m` of `team` runs its share of the tail on output rows [y0, y1) of one image (from the rows of c1 and c2
-    // they read: 2 and 1 more on each side); the rings live in member 0's `ring_memory`, shared by the team through
+    // they read: 2 and 1 more on each side, within the image); the rings live in member 0's `ring_memory`, shared by the team through
     // `memory`. `winograd`: the upsampler's weights for up_pairs, if it is used.
     static void image(const TailParams& pr, const float* const* hidden, int blocks, const float* feat, float* out, int h,
                       int w, Team& team, int m, float*& memory, const float* winograd, int y0, int y1) {
@@ -1140,15 +1140,18 @@ struct Tail {
                 p0, p0, p1, [&](int pair) { up_pairs<P>(rows, ky, count, pair, w, winograd, pr.up_b, epi); },
                 [&](int pair) { up_pairs<1>(rows, ky, count, pair, w, winograd, pr.up_b, epi); });
         };
-        for (int k = std::max(0, y0 - 2) + lag[0]; k < y1 + lag[2]; ++k) {
-            if (const int y = k - lag[0]; y < std::min(h, y1 + 2)) {
+        // the rows of z the upsampler's rows [y0, y1) read, and of t those read
+        const int z0 = std::max(0, y0 - reach[2]), z1 = std::min(h, y1 + reach[2]);
+        const int t0 = std::max(0, z0 - reach[1]), t1 = std::min(h, z1 + reach[1]);
+        for (int k = t0 + lag[0]; k < y1 + lag[2]; ++k) {
+            if (const int y = k - lag[0]; y < t1) {
                 for (int b = 0; b < blocks; ++b)
                     sources[b] = {hidden[b] + (size_t(y) * w + lo) * S::c, S::c, pr.c1_w + size_t(b) * S::c * S::cp};
                 float* trunk = scratch + lo * S::cp;
                 matmul_row<NC, S::c>(sources.data(), blocks, cols, pr.c1_b, StoreGelu<NC>{trunk});
                 matmul_row<NC, S::c>(trunk, S::cp, cols, pr.c2_w, nullptr, Store<NC>{t.row(y) + lo * S::cp, S::cp});
             }
-            if (const int y = k - lag[1]; y >= std::max(0, y0 - 1) && y < std::min(h, y1 + 1))
+            if (const int y = k - lag[1]; y >= z0 && y < z1)
                 depthwise_row<NC, 3, 1>(t, y, h, lo, hi, pr.c2_dw, pr.c2_db,
                                         AddFeatures{feat + (size_t(y) * w + lo) * S::c, z.row(y) + lo * S::cp});
             if (const int y = k - lag[2]; y >= y0 && y < y1) {
